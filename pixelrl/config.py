@@ -1,0 +1,309 @@
+"""Typed, frozen configuration for pixelrl, nested by concern.
+
+`tyro.cli` turns these dataclasses into the command line in `train.py` and `eval.py`; the
+docstring under each field becomes its `--help` text. Flags are flat (`--encoder`, not
+`--network.encoder`) so that the seeds' training command works unchanged. Defaults are the
+seeds' winning recipe: ManipulationCNN + SpatialSoftmax + proprioception, critic-encoder
+routing, no DrQ, 500K buffer, HER future k=8.
+
+Nothing mutates a config after parsing; constructors take their own sub-config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+FETCH_ENV_IDS = ("FetchReach-v4", "FetchPush-v4", "FetchSlide-v4", "FetchPickAndPlace-v4")
+OBS_MODES = ("pixels", "full-state", "no-pixels")
+GOAL_MODES = ("none", "desired", "both")
+ENCODERS = ("nature", "manip", "drqv2")
+ENCODER_GRADS = ("critic", "actor", "separate")
+HER_STRATEGIES = ("future", "final", "episode")
+MIN_IMAGE_SIZE = 32
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """What the agent observes and how it is rendered."""
+
+    env_id: str = "FetchPush-v4"
+    """Gymnasium-robotics Fetch task: FetchPush-v4, FetchReach-v4, FetchSlide-v4 or
+    FetchPickAndPlace-v4."""
+    full_state: bool = False
+    """Observe the raw 25-D Fetch state vector plus goals instead of pixels (the seeds' control)."""
+    no_pixels: bool = False
+    """Observe robot proprioception plus goals only, no pixels (the seeds' vector ablation)."""
+    goal_mode: Literal["none", "desired", "both"] = "both"
+    """Which goal vectors the networks see: none, desired, or both (achieved and desired). The
+    replay always keeps both for HER."""
+    image_size: int = 84
+    """Side of the square image the agent sees, in pixels (>= 32)."""
+    native_render: bool = True
+    """Render at image_size directly. --no-native-render takes the seeds' path: render at
+    render_size, then PIL bilinear resize to image_size."""
+    render_size: int = 480
+    """Render resolution of the resize path (--no-native-render)."""
+    camera: str = "free"
+    """'free' for Fetch's default free camera (moved by the camera-* flags), or the name of a
+    camera in the MuJoCo model (head_camera_rgb, gripper_camera_rgb, external_camera_0)."""
+    camera_lookat: tuple[float, float, float] = (1.3, 0.75, 0.55)
+    """Free camera: point looked at (world x, y, z)."""
+    camera_distance: float = 2.5
+    """Free camera: distance from the look-at point."""
+    camera_azimuth: float = 132.0
+    """Free camera: azimuth in degrees."""
+    camera_elevation: float = -14.0
+    """Free camera: elevation in degrees."""
+    show_goal: bool = False
+    """Draw the goal marker (site target0) in the image. Off by default: HER relabels the goal
+    vector, and an image showing the original goal would contradict it."""
+    frame_stack: int = 4
+    """Frames stacked for the policy (on the learner's device; workers return single frames)."""
+    n_envs: int = 4
+    """Parallel environments (one worker process each)."""
+    vector: Literal["async", "sync"] = "async"
+    """async: one worker process per env with its own EGL context; sync: all envs in this
+    process (debugging)."""
+    mp_context: Literal["spawn", "forkserver"] = "spawn"
+    """Multiprocessing start method of the async workers (fork would share one EGL context)."""
+
+    @property
+    def obs_mode(self) -> str:
+        if self.full_state:
+            return "full-state"
+        if self.no_pixels:
+            return "no-pixels"
+        return "pixels"
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The episode replay buffer, HER relabeling and DrQ augmentation."""
+
+    buffer_size: int = 500_000
+    """Replay capacity in transitions (converted to whole episodes)."""
+    her_n_sampled_goal: int = 8
+    """HER k: a fraction k/(k+1) of sampled transitions gets a relabeled goal (0 disables HER)."""
+    her_strategy: Literal["future", "final", "episode"] = "future"
+    """Where relabeled goals come from: a later step (future), the last step (final), or any
+    step (episode) of the same episode."""
+    drq: bool = False
+    """DrQ random-shift augmentation of sampled images (--drq to enable; the winning recipe
+    uses --no-drq because the shift corrupts SpatialSoftmax coordinates)."""
+    drq_pad: int = 4
+    """DrQ shift range in pixels (replicate padding, random crop back)."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Encoders and heads."""
+
+    encoder: Literal["nature", "manip", "drqv2"] = "manip"
+    """Image encoder: nature (NatureCNN), manip (ManipulationCNN + SpatialSoftmax), drqv2
+    (ManipulationCNN + flatten + linear)."""
+    spatial_softmax: bool = True
+    """manip only: --no-spatial-softmax replaces SpatialSoftmax by flatten + linear (= drqv2)."""
+    norm: bool = False
+    """nature only: LayerNorm + Tanh trunk on the CNN output (the seeds' first fix)."""
+    features_dim: int | None = None
+    """Image feature size of the flat heads (default: 256 for nature, 50 with --norm and for
+    drqv2). SpatialSoftmax always gives 2 x 32 = 64."""
+    hidden_sizes: tuple[int, ...] = (256, 256)
+    """Hidden layer sizes of the actor and critic MLPs."""
+
+
+@dataclass(frozen=True)
+class SACConfig:
+    """Soft actor-critic."""
+
+    learning_rate: float = 1e-4
+    """Adam learning rate of actor, critic (and encoder) and entropy coefficient."""
+    gamma: float = 0.95
+    """Discount factor."""
+    tau: float = 0.005
+    """Polyak coefficient of the target critic (and its encoder copy)."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    ent_coef: str = "0.05"
+    """Entropy coefficient: a number (fixed) or 'auto' (learned, target entropy -|A|)."""
+    encoder_grad: Literal["critic", "actor", "separate"] = "critic"
+    """Which loss trains the image encoder: critic (DrQ-v2: shared encoder in the critic
+    optimizer), actor (SB3 share_features_extractor=True), separate (SB3 default: one each)."""
+    gradient_steps: int = 1
+    """Gradient steps per training round."""
+    train_freq: int = 1
+    """Vector-env steps between training rounds (1 = every vector step, as the seeds ran SB3)."""
+    learning_starts: int = 1000
+    """Env steps of uniformly random actions before learning starts."""
+
+    @property
+    def ent_coef_auto(self) -> bool:
+        return self.ent_coef.strip().lower().startswith("auto")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The run: length, seed, device, logging and checkpoints."""
+
+    total_steps: int = 5_000_000
+    """Env steps to train for (summed over the parallel envs)."""
+    seed: int = 0
+    """Run seed: envs get seed, seed+1, ...; torch and numpy are seeded from it."""
+    device: str = "auto"
+    """Learner device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
+    checkpoint_freq: int = 500_000
+    """Env steps between checkpoints (one is also written at the end)."""
+    save_buffer: bool = True
+    """Save the replay buffer with each checkpoint so resume continues exactly
+    (--no-save-buffer for large buffers: resume then refills before learning again)."""
+    resume: bool = False
+    """Continue the run in its directory from the latest complete checkpoint."""
+    runs_dir: str = "runs"
+    """Root directory of run directories runs/<config-tag>/seed<N>/."""
+    log_interval: int = 1000
+    """Env steps between TensorBoard scalar writes."""
+    overlap: bool = True
+    """Run the update while the workers step (--no-overlap: strictly sequential)."""
+    progress: bool = True
+    """Show a progress bar on the terminal."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """pixelrl: SAC + HER from pixels on gymnasium-robotics Fetch tasks."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    sac: SACConfig = field(default_factory=SACConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class ConfigError(ValueError):
+    """A flag has a value pixelrl cannot run with; the message names the flag."""
+
+
+def _choices(values) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def validate_env_config(cfg: EnvConfig) -> None:
+    """Raise ConfigError naming the flag for an env setting that cannot run."""
+    if cfg.env_id not in FETCH_ENV_IDS:
+        raise ConfigError(
+            f"--env-id {cfg.env_id!r} is not supported; choose one of {_choices(FETCH_ENV_IDS)}"
+        )
+    if cfg.full_state and cfg.no_pixels:
+        raise ConfigError("--full-state and --no-pixels exclude each other; pass at most one")
+    if cfg.goal_mode not in GOAL_MODES:
+        raise ConfigError(f"--goal-mode {cfg.goal_mode!r}: choose one of {_choices(GOAL_MODES)}")
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise ConfigError(f"--image-size {cfg.image_size}: must be >= {MIN_IMAGE_SIZE}")
+    if not cfg.native_render and cfg.render_size < cfg.image_size:
+        raise ConfigError(
+            f"--render-size {cfg.render_size} is smaller than --image-size {cfg.image_size}"
+        )
+    if cfg.frame_stack < 1:
+        raise ConfigError(f"--frame-stack {cfg.frame_stack}: must be >= 1")
+    if cfg.n_envs < 1:
+        raise ConfigError(f"--n-envs {cfg.n_envs}: must be >= 1")
+    if cfg.vector not in ("async", "sync"):
+        raise ConfigError(f"--vector {cfg.vector!r}: choose one of async, sync")
+    if cfg.mp_context not in ("spawn", "forkserver"):
+        raise ConfigError(
+            f"--mp-context {cfg.mp_context!r}: choose spawn or forkserver (fork would share "
+            "one EGL context between workers)"
+        )
+
+
+def parse_ent_coef(value: str) -> tuple[bool, float]:
+    """'auto' -> (True, 1.0) [SB3's initial value]; 'auto_0.1' -> (True, 0.1); '0.05' -> (False, 0.05)."""
+    text = value.strip().lower()
+    if text.startswith("auto"):
+        rest = text[len("auto") :].lstrip("_")
+        try:
+            initial = float(rest) if rest else 1.0
+        except ValueError:
+            initial = -1.0
+        if initial <= 0:
+            raise ConfigError(f"--ent-coef {value!r}: use a positive number, 'auto' or 'auto_<x>'")
+        return True, initial
+    try:
+        coef = float(text)
+    except ValueError:
+        coef = -1.0
+    if coef < 0:
+        raise ConfigError(f"--ent-coef {value!r}: use a number >= 0, 'auto' or 'auto_<x>'")
+    return False, coef
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every flag before any worker starts or any buffer is allocated."""
+    validate_env_config(cfg.env)
+    r, n, s, run = cfg.replay, cfg.network, cfg.sac, cfg.run
+    if r.buffer_size < 1:
+        raise ConfigError(f"--buffer-size {r.buffer_size}: must be >= 1")
+    if r.her_n_sampled_goal < 0:
+        raise ConfigError(f"--her-n-sampled-goal {r.her_n_sampled_goal}: must be >= 0")
+    if r.her_strategy not in HER_STRATEGIES:
+        raise ConfigError(
+            f"--her-strategy {r.her_strategy!r}: choose one of {_choices(HER_STRATEGIES)}"
+        )
+    if r.drq_pad < 0:
+        raise ConfigError(f"--drq-pad {r.drq_pad}: must be >= 0")
+    if n.encoder not in ENCODERS:
+        raise ConfigError(f"--encoder {n.encoder!r}: choose one of {_choices(ENCODERS)}")
+    if n.features_dim is not None and n.features_dim < 1:
+        raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
+    if not n.hidden_sizes or min(n.hidden_sizes) < 1:
+        raise ConfigError(f"--hidden-sizes {n.hidden_sizes}: give one or more sizes >= 1")
+    if s.encoder_grad not in ENCODER_GRADS:
+        raise ConfigError(
+            f"--encoder-grad {s.encoder_grad!r}: choose one of {_choices(ENCODER_GRADS)}"
+        )
+    parse_ent_coef(s.ent_coef)
+    if s.learning_rate <= 0:
+        raise ConfigError(f"--learning-rate {s.learning_rate}: must be > 0")
+    if not 0.0 <= s.gamma <= 1.0:
+        raise ConfigError(f"--gamma {s.gamma}: must be in [0, 1]")
+    if not 0.0 < s.tau <= 1.0:
+        raise ConfigError(f"--tau {s.tau}: must be in (0, 1]")
+    for flag, value in (
+        ("--batch-size", s.batch_size),
+        ("--gradient-steps", s.gradient_steps),
+        ("--train-freq", s.train_freq),
+        ("--total-steps", run.total_steps),
+        ("--checkpoint-freq", run.checkpoint_freq),
+        ("--log-interval", run.log_interval),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: must be >= 1")
+    if s.learning_starts < 0:
+        raise ConfigError(f"--learning-starts {s.learning_starts}: must be >= 0")
+    if run.device != "auto" and not (
+        run.device == "cpu" or run.device == "cuda" or run.device.startswith("cuda:")
+    ):
+        raise ConfigError(f"--device {run.device!r}: choose auto, cpu, cuda or cuda:N")
+
+
+def to_dict(cfg) -> dict:
+    """The config as plain JSON-able data (tuples become lists)."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls, data: dict):
+    """Rebuild a (nested) config dataclass from `to_dict` output."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value = data[f.name]
+        factory = f.default_factory
+        if factory is not dataclasses.MISSING and dataclasses.is_dataclass(factory):
+            value = from_dict(factory, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)

@@ -1,0 +1,337 @@
+"""Fetch tasks as the observations pixelrl learns from, rendered in parallel worker processes.
+
+Data flow: N worker processes (gymnasium AsyncVectorEnv, shared memory, spawn), each with its
+own MuJoCo EGL context, return ONE frame per env per step as uint8 (3, H, W) together with the
+robot's proprioception and both goal vectors. Frame stacking for acting happens on the learner
+side (`FrameStack`, on the learner's device); the replay stores single frames too.
+
+Traps handled here (see shared/DESIGN.md):
+- EGL across fork: workers start with `spawn` (or forkserver); nothing renders in the parent.
+- Autoreset: workers reset in the same step an episode ends (AutoresetMode.SAME_STEP); `step`
+  returns the true final observation as `next_obs` and the new episode's first observation as
+  `obs`, so no stored transition ever crosses an episode boundary.
+- The goal marker (site target0) is hidden from the camera unless `show_goal`.
+- Proprioception takes the robot-only entries of the Fetch state vector, never the object's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from pixelrl.config import ConfigError, EnvConfig, validate_env_config
+
+PIXELS = "pixels"
+PROPRIOCEPTION = "proprioception"
+STATE = "observation"
+ACHIEVED_GOAL = "achieved_goal"
+DESIRED_GOAL = "desired_goal"
+
+# Robot-only entries of the Fetch state vector. With an object (Push, Slide, PickAndPlace) the
+# 25-D vector is grip_pos[0:3], object_pos[3:6], object_rel_pos[6:9], gripper_state[9:11],
+# object_rot[11:14], object_velp[14:17], object_velr[17:20], grip_velp[20:23],
+# gripper_vel[23:25]. Reach has no object: grip_pos, gripper_state, grip_velp, gripper_vel.
+PROPRIO_INDICES_WITH_OBJECT = np.r_[0:3, 9:11, 20:23, 23:25]
+PROPRIO_INDICES_NO_OBJECT = np.r_[0:3, 3:5, 5:8, 8:10]
+
+_registered = False
+
+
+def _register_fetch() -> None:
+    global _registered
+    if not _registered:
+        import gymnasium_robotics
+
+        gym.register_envs(gymnasium_robotics)
+        _registered = True
+
+
+def proprioception_indices(has_object: bool) -> np.ndarray:
+    """Indices of grip_pos, gripper_state, grip_velp, gripper_vel in the Fetch state vector."""
+    return PROPRIO_INDICES_WITH_OBJECT if has_object else PROPRIO_INDICES_NO_OBJECT
+
+
+def policy_keys(obs_keys, goal_mode: str) -> list[str]:
+    """The observation keys the networks see, in a fixed order.
+
+    The env and the replay always carry achieved_goal and desired_goal (HER needs both);
+    `goal_mode` decides which of them reach the networks.
+    """
+    goal_keys = {"none": [], "desired": [DESIRED_GOAL], "both": [ACHIEVED_GOAL, DESIRED_GOAL]}
+    if goal_mode not in goal_keys:
+        raise ConfigError(f"--goal-mode {goal_mode!r}: choose one of none, desired, both")
+    keys = [k for k in (PIXELS, PROPRIOCEPTION, STATE) if k in obs_keys]
+    return keys + goal_keys[goal_mode]
+
+
+def reward_params(env_id: str) -> tuple[float, str]:
+    """(distance_threshold, reward_type) read from the env itself, for the torch reward."""
+    _register_fetch()
+    env = gym.make(env_id, disable_env_checker=True)
+    try:
+        return float(env.unwrapped.distance_threshold), str(env.unwrapped.reward_type)
+    finally:
+        env.close()
+
+
+def max_episode_steps(env_id: str) -> int:
+    _register_fetch()
+    return int(gym.spec(env_id).max_episode_steps)
+
+
+class FetchObservation(gym.Wrapper):
+    """A Fetch env whose observation is the dict pixelrl learns from.
+
+    Modes (EnvConfig):
+      pixels (default): pixels uint8 (3, H, W) one frame, proprioception float32 (10,),
+        achieved_goal float32 (3,), desired_goal float32 (3,)
+      full-state: observation float32 (25,) (the raw Fetch state) plus the goals
+      no-pixels: proprioception plus the goals
+    """
+
+    def __init__(self, cfg: EnvConfig):
+        validate_env_config(cfg)
+        _register_fetch()
+        self.cfg = cfg
+        self.mode = cfg.obs_mode
+        self.render_pixels = self.mode == "pixels"
+        render_side = cfg.image_size if cfg.native_render else cfg.render_size
+        make_kwargs = dict(disable_env_checker=True)
+        if self.render_pixels:
+            make_kwargs.update(
+                render_mode="rgb_array",
+                width=render_side,
+                height=render_side,
+                default_camera_config={
+                    "distance": cfg.camera_distance,
+                    "azimuth": cfg.camera_azimuth,
+                    "elevation": cfg.camera_elevation,
+                    "lookat": np.asarray(cfg.camera_lookat, dtype=np.float64),
+                },
+            )
+        super().__init__(gym.make(cfg.env_id, **make_kwargs))
+        base = self.env.unwrapped
+        self._proprio_idx = proprioception_indices(bool(base.has_object))
+        self._egl_checked = False
+        if self.render_pixels:
+            self._configure_camera(base)
+            if not cfg.show_goal:
+                import mujoco
+
+                site = mujoco.mj_name2id(base.model, mujoco.mjtObj.mjOBJ_SITE, "target0")
+                base.model.site_rgba[site, 3] = 0.0  # transparent: the marker is not drawn
+
+        state_dim = base.observation_space[STATE].shape[0]
+        goal_dim = base.observation_space[DESIRED_GOAL].shape[0]
+        spaces: dict[str, gym.Space] = {}
+        if self.render_pixels:
+            side = cfg.image_size
+            spaces[PIXELS] = gym.spaces.Box(0, 255, (3, side, side), np.uint8)
+        if self.mode == "full-state":
+            spaces[STATE] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
+        else:
+            spaces[PROPRIOCEPTION] = gym.spaces.Box(
+                -np.inf, np.inf, (len(self._proprio_idx),), np.float32
+            )
+        spaces[ACHIEVED_GOAL] = gym.spaces.Box(-np.inf, np.inf, (goal_dim,), np.float32)
+        spaces[DESIRED_GOAL] = gym.spaces.Box(-np.inf, np.inf, (goal_dim,), np.float32)
+        self.observation_space = gym.spaces.Dict(spaces)
+
+    def _configure_camera(self, base) -> None:
+        if self.cfg.camera == "free":
+            return
+        import mujoco
+
+        cam = mujoco.mj_name2id(base.model, mujoco.mjtObj.mjOBJ_CAMERA, self.cfg.camera)
+        if cam < 0:
+            names = ["free"] + [base.model.camera(i).name for i in range(base.model.ncam)]
+            raise ConfigError(f"--camera {self.cfg.camera!r}: choose one of {', '.join(names)}")
+        base.mujoco_renderer.camera_id = cam
+
+    def render_frame(self) -> np.ndarray:
+        """The current camera image as uint8 (3, H, W)."""
+        try:
+            frame = self.env.render()
+        except Exception as err:
+            if self._egl_checked:
+                raise
+            backend = os.environ.get("MUJOCO_GL", "")
+            raise RuntimeError(
+                f"MuJoCo could not render with MUJOCO_GL={backend!r} ({type(err).__name__}: "
+                f"{err}). EGL needs libEGL and a GPU driver or Mesa; on a machine without EGL, "
+                "install OSMesa and set MUJOCO_GL=osmesa."
+            ) from err
+        self._egl_checked = True
+        if not self.cfg.native_render:
+            from PIL import Image
+
+            side = self.cfg.image_size
+            frame = np.asarray(Image.fromarray(frame).resize((side, side), Image.BILINEAR))
+        return np.ascontiguousarray(frame.transpose(2, 0, 1))
+
+    def observe(self, raw: dict) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        if self.render_pixels:
+            out[PIXELS] = self.render_frame()
+        state = raw[STATE]
+        if self.mode == "full-state":
+            out[STATE] = state.astype(np.float32)
+        else:
+            out[PROPRIOCEPTION] = state[self._proprio_idx].astype(np.float32)
+        out[ACHIEVED_GOAL] = raw[ACHIEVED_GOAL].astype(np.float32)
+        out[DESIRED_GOAL] = raw[DESIRED_GOAL].astype(np.float32)
+        return out
+
+    def reset(self, **kwargs):
+        raw, info = self.env.reset(**kwargs)
+        return self.observe(raw), info
+
+    def step(self, action):
+        raw, reward, terminated, truncated, info = self.env.step(action)
+        return self.observe(raw), reward, terminated, truncated, info
+
+
+def make_fetch_env(cfg: EnvConfig) -> FetchObservation:
+    """Build one env; runs inside a worker process for the vector env.
+
+    MUJOCO_GL defaults to egl. It is read when the first frame is rendered, so setting the
+    default here (in the worker, before any render) is enough.
+    """
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    return FetchObservation(cfg)
+
+
+@dataclass
+class VecStep:
+    """One vector step, with the episode boundary made explicit.
+
+    obs:       the observation to act on next (a new episode's first obs where `done`)
+    next_obs:  the true successor of the observation that was acted on (the final obs where
+               `done`), i.e. what the replay stores for this transition
+    """
+
+    obs: dict[str, np.ndarray]
+    next_obs: dict[str, np.ndarray]
+    reward: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    is_success: np.ndarray
+
+    @property
+    def done(self) -> np.ndarray:
+        return self.terminated | self.truncated
+
+
+class FetchVectorEnv:
+    """N Fetch envs in parallel worker processes (or in-process with vector='sync').
+
+    Workers use same-step autoreset: when an episode ends, the worker resets at once and
+    returns the new episode's first observation, with the final observation in its info.
+    `step` unpacks that into `VecStep.obs` and `VecStep.next_obs`.
+    """
+
+    def __init__(self, cfg: EnvConfig, seed: int):
+        validate_env_config(cfg)
+        self.cfg = cfg
+        self.seed = seed
+        self.num_envs = cfg.n_envs
+        factories = [partial(make_fetch_env, cfg) for _ in range(cfg.n_envs)]
+        mode = gym.vector.AutoresetMode.SAME_STEP
+        if cfg.vector == "async":
+            os.environ.setdefault("MUJOCO_GL", "egl")  # inherited by the spawned workers
+            self.envs = gym.vector.AsyncVectorEnv(
+                factories, shared_memory=True, context=cfg.mp_context, autoreset_mode=mode
+            )
+        else:
+            self.envs = gym.vector.SyncVectorEnv(factories, autoreset_mode=mode)
+        self.single_observation_space = self.envs.single_observation_space
+        self.single_action_space = self.envs.single_action_space
+        self.single_action_space.seed(seed)
+
+    def reset(self) -> dict[str, np.ndarray]:
+        """Reset env i with seed + i."""
+        obs, _ = self.envs.reset(seed=[self.seed + i for i in range(self.num_envs)])
+        return obs
+
+    def random_actions(self) -> np.ndarray:
+        return np.stack([self.single_action_space.sample() for _ in range(self.num_envs)])
+
+    def step_async(self, actions: np.ndarray) -> None:
+        if isinstance(self.envs, gym.vector.AsyncVectorEnv):
+            self.envs.step_async(actions)
+        else:
+            self._pending = self.envs.step(actions)
+
+    def step_wait(self) -> VecStep:
+        if isinstance(self.envs, gym.vector.AsyncVectorEnv):
+            obs, reward, terminated, truncated, info = self.envs.step_wait()
+        else:
+            obs, reward, terminated, truncated, info = self._pending
+            self._pending = None
+        terminated = np.asarray(terminated, dtype=bool)
+        truncated = np.asarray(truncated, dtype=bool)
+        done = terminated | truncated
+        next_obs = {k: v.copy() for k, v in obs.items()}
+        is_success = np.zeros(self.num_envs, dtype=bool)
+        if "is_success" in info:
+            is_success = np.where(info["_is_success"], info["is_success"] > 0, False)
+        if done.any():
+            final_obs, final_info = info["final_obs"], info["final_info"]
+            for i in np.flatnonzero(done):
+                for key in next_obs:
+                    next_obs[key][i] = final_obs[i][key]
+            if "is_success" in final_info:
+                final_success = final_info["is_success"] > 0
+                is_success = np.where(done, final_success, is_success)
+        return VecStep(
+            obs, next_obs, np.asarray(reward, np.float32), terminated, truncated, is_success
+        )
+
+    def step(self, actions: np.ndarray) -> VecStep:
+        self.step_async(actions)
+        return self.step_wait()
+
+    def close(self) -> None:
+        self.envs.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class FrameStack:
+    """Stacks of the last k frames per env for acting, kept on the learner's device.
+
+    A new episode starts with k copies of its first frame (as the replay's gather does);
+    the newest frame is last: `stacked()[:, -3:]` is the current frame.
+    """
+
+    def __init__(self, num_envs: int, k: int, frame_shape: tuple[int, ...], device):
+        self.k = k
+        self.frames = torch.zeros((num_envs, k, *frame_shape), dtype=torch.uint8, device=device)
+
+    def reset(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Fill every slot with `frames` (N, 3, H, W) where `mask` (N,) is true (all if None)."""
+        fill = frames.unsqueeze(1).expand_as(self.frames)
+        if mask is None:
+            self.frames.copy_(fill)
+        else:
+            self.frames[mask] = fill[mask]
+
+    def push(self, frames: torch.Tensor, new_episode: torch.Tensor | None = None) -> None:
+        """Append the newest frames; envs flagged in `new_episode` restart their stack."""
+        self.frames = torch.cat([self.frames[:, 1:], frames.unsqueeze(1)], dim=1)
+        if new_episode is not None and bool(new_episode.any()):
+            self.reset(frames, new_episode)
+
+    def stacked(self) -> torch.Tensor:
+        """(N, 3*k, H, W) uint8, oldest frame first."""
+        n, k, c, h, w = self.frames.shape
+        return self.frames.reshape(n, k * c, h, w)
