@@ -219,7 +219,8 @@ def validate_env_config(cfg: EnvConfig) -> None:
 
 
 def parse_ent_coef(value: str) -> tuple[bool, float]:
-    """'auto' -> (True, 1.0) [SB3's initial value]; 'auto_0.1' -> (True, 0.1); '0.05' -> (False, 0.05)."""
+    """Parse --ent-coef: 'auto' -> (True, 1.0) (SB3's initial value), 'auto_0.1' -> (True, 0.1),
+    '0.05' -> (False, 0.05)."""
     text = value.strip().lower()
     if text.startswith("auto"):
         rest = text[len("auto") :].lstrip("_")

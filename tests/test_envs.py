@@ -180,7 +180,7 @@ def test_sync_vector_env_reports_success_at_episode_end():
     cfg = EnvConfig(env_id="FetchReach-v4", no_pixels=True, n_envs=2, vector="sync")
     with FetchVectorEnv(cfg, seed=0) as venv:
         obs = venv.reset()
-        for t in range(50):
+        for _ in range(50):
             # A greedy controller toward the goal solves Reach.
             delta = obs[DESIRED_GOAL] - obs[ACHIEVED_GOAL]
             action = np.concatenate([np.clip(delta * 10, -1, 1), np.zeros((2, 1))], 1)
