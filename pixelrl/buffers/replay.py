@@ -1,0 +1,412 @@
+"""Device-resident ring of whole episodes with frame-stack gather, HER and DrQ at sample time.
+
+Storage (allocated once on the learner's device, zero-filled so memory is really committed):
+
+    frames        uint8   [E, T+1, 3, H, W]  ONE frame per step, the final observation included
+    vectors[key]  float32 [E, T+1, D]        proprioception / observation, achieved_goal
+    desired_goal  float32 [E, G]             one goal per episode (Fetch never changes it)
+    actions       float32 [E, T, A]
+    lengths       int64   [E]                steps actually taken (<= T)
+    terminated    bool    [E]                the episode ended by termination, not truncation
+
+An episode enters the ring only when it is complete: each of the N envs writes into its own
+staging slot, committed when the env reports done. When the ring is full the oldest episode is
+overwritten.
+
+`sample` draws transitions uniformly, rebuilds frame stacks of k by index gather (clamped at
+the episode's first step, as a reset repeats its first frame), relabels goals with HER and
+recomputes rewards with the env's rule, and optionally applies DrQ's shift. Pixels are
+returned as uint8; the encoder converts them to float once.
+
+Memory per transition at 84x84 with proprioception: 21,168 B of frame x (T+1)/T plus ~70 B of
+vectors and actions, versus SB3's 169,600 B (obs and next_obs both stored frame-stacked).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pixelrl.buffers.augment import random_shift
+from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
+from pixelrl.config import ConfigError, ReplayConfig
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+
+# Kept free on top of the buffer: the learner's networks, batches and the OS need room too.
+MEMORY_HEADROOM_FRACTION = 0.9
+MEMORY_RESERVE_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """What the buffer stores, taken from the env (not from flags)."""
+
+    obs_shapes: dict[str, tuple[int, ...]]  # per observation key, one step (pixels: (3, H, W))
+    action_dim: int
+    max_episode_steps: int
+    n_envs: int
+    frame_stack: int
+    distance_threshold: float
+    reward_type: str
+
+
+@dataclass
+class Batch:
+    """A sampled minibatch on the device.
+
+    obs / next_obs: dict of (B, ...) tensors; "pixels" is uint8 (B, 3*k, H, W), vectors float32;
+    desired_goal already relabeled. action (B, A); reward (B,); terminated (B,) float 0/1.
+    """
+
+    obs: dict[str, torch.Tensor]
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: dict[str, torch.Tensor]
+    terminated: torch.Tensor
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes where the buffer would live: free CUDA memory, or MemAvailable of the host."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return int(pages)
+
+
+def episode_bytes(spec: ReplaySpec) -> int:
+    """Bytes one stored episode takes (frames, vectors, one goal, actions, length, flag)."""
+    steps = spec.max_episode_steps + 1
+    total = 0
+    for key, shape in spec.obs_shapes.items():
+        if key == PIXELS:
+            total += steps * math.prod(shape)
+        elif key == DESIRED_GOAL:
+            total += math.prod(shape) * 4
+        else:
+            total += steps * math.prod(shape) * 4
+    total += spec.max_episode_steps * spec.action_dim * 4
+    return total + 8 + 1
+
+
+_COPY_CHUNK_BYTES = 256 << 20
+
+
+def _chunks(tensor: torch.Tensor):
+    rows = max(1, _COPY_CHUNK_BYTES // max(1, tensor[:1].numel() * tensor.element_size()))
+    for start in range(0, len(tensor), rows):
+        yield start, min(len(tensor), start + rows)
+
+
+def _save_array(path: Path, tensor: torch.Tensor) -> None:
+    """Write a tensor as .npy in chunks: no full host copy of a device tensor."""
+    dtype = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+    if tensor.numel() == 0:  # numpy cannot memory-map an empty array
+        np.save(path, np.zeros(tuple(tensor.shape), dtype=dtype))
+        return
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(tensor.shape))
+    for start, stop in _chunks(tensor):
+        out[start:stop] = tensor[start:stop].cpu().numpy()
+    out.flush()
+    del out
+
+
+def _load_array(path: Path, tensor: torch.Tensor) -> None:
+    """Read a .npy written by _save_array into the leading rows of `tensor`, in chunks."""
+    data = np.load(path, mmap_mode="r")
+    if tuple(data.shape[1:]) != tuple(tensor.shape[1:]) or len(data) > len(tensor):
+        raise ValueError(f"{path}: shape {data.shape} does not fit {tuple(tensor.shape)}")
+    target = tensor[: len(data)]
+    for start, stop in _chunks(target):
+        target[start:stop] = torch.from_numpy(np.array(data[start:stop])).to(tensor.device)
+
+
+class EpisodeReplay:
+    """A ring of whole episodes on one device; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: ReplayConfig,
+        spec: ReplaySpec,
+        device: torch.device | str,
+        seed: int = 0,
+        verbose: bool = True,
+    ):
+        self.cfg = cfg
+        self.spec = spec
+        self.device = torch.device(device)
+        T = spec.max_episode_steps
+        self.capacity = max(1, cfg.buffer_size // T)  # episodes
+        self.bytes_per_episode = episode_bytes(spec)
+        self.bytes_per_transition = self.bytes_per_episode / T
+        # The plan, checked before anything is allocated (trap 6: lazy allocation).
+        staging_bytes = spec.n_envs * self.bytes_per_episode
+        total = self.capacity * self.bytes_per_episode + staging_bytes
+        free = available_memory(self.device)
+        budget = int(free * MEMORY_HEADROOM_FRACTION) - MEMORY_RESERVE_BYTES
+        if verbose:
+            print(
+                f"replay: {self.capacity:,} episodes x {T} steps = "
+                f"{self.capacity * T:,} transitions, {self.bytes_per_transition:,.0f} B per "
+                f"transition, {total / 1e9:.2f} GB on {self.device} "
+                f"({free / 1e9:.2f} GB available)"
+            )
+        if total > budget:
+            fits = max(0, (budget - staging_bytes) // self.bytes_per_episode) * T
+            raise MemoryError(
+                f"--buffer-size {cfg.buffer_size:,} needs {total / 1e9:.2f} GB on "
+                f"{self.device} but only {free / 1e9:.2f} GB is available; the largest "
+                f"--buffer-size that fits is {fits:,}"
+            )
+
+        self.vector_keys = [k for k in spec.obs_shapes if k not in (PIXELS, DESIRED_GOAL)]
+        self.has_pixels = PIXELS in spec.obs_shapes
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+        self.storage = self._allocate(self.capacity)
+        self.staging = self._allocate(spec.n_envs)
+        self.staged_steps = np.zeros(spec.n_envs, dtype=np.int64)  # actions staged per env
+        self.next_slot = 0  # ring position of the next committed episode
+        self.num_episodes = 0  # episodes stored (<= capacity)
+        self.episodes_committed = 0  # ever committed
+        self._cumulative_lengths = torch.zeros(0, dtype=torch.int64, device=self.device)
+
+    # ------------------------------------------------------------------ storage
+    def _allocate(self, n: int) -> dict[str, torch.Tensor]:
+        """Zero-filled tensors for n episodes; zeros touch every page, so failure is now."""
+        spec, steps, dev = self.spec, self.spec.max_episode_steps + 1, self.device
+        out = {}
+        for key, shape in spec.obs_shapes.items():
+            if key == PIXELS:
+                out[key] = torch.zeros((n, steps, *shape), dtype=torch.uint8, device=dev)
+            elif key == DESIRED_GOAL:
+                out[key] = torch.zeros((n, *shape), dtype=torch.float32, device=dev)
+            else:
+                out[key] = torch.zeros((n, steps, *shape), dtype=torch.float32, device=dev)
+        out["actions"] = torch.zeros(
+            (n, spec.max_episode_steps, spec.action_dim), dtype=torch.float32, device=dev
+        )
+        out["lengths"] = torch.zeros(n, dtype=torch.int64, device=dev)
+        out["terminated"] = torch.zeros(n, dtype=torch.bool, device=dev)
+        return out
+
+    @property
+    def num_transitions(self) -> int:
+        return int(self._cumulative_lengths[-1]) if self.num_episodes else 0
+
+    # ------------------------------------------------------------------ adding
+    def _write_step(self, envs: torch.Tensor, steps: torch.Tensor, obs: dict) -> None:
+        for key in self.spec.obs_shapes:
+            if key == DESIRED_GOAL:
+                continue
+            self.staging[key][envs, steps] = obs[key][envs].to(self.device)
+
+    def start_episodes(self, obs: dict[str, torch.Tensor], envs=None) -> None:
+        """Stage the first observation of a new episode for `envs` (all if None).
+
+        obs: dict of (N, ...) tensors/arrays for all N envs.
+        """
+        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        envs = np.arange(self.spec.n_envs) if envs is None else np.asarray(envs)
+        if len(envs) == 0:
+            return
+        idx = torch.as_tensor(envs, device=self.device)
+        self._write_step(idx, torch.zeros_like(idx), obs)
+        self.staging[DESIRED_GOAL][idx] = obs[DESIRED_GOAL][idx].float()
+        self.staged_steps[envs] = 0
+
+    def add(
+        self,
+        action,
+        next_obs: dict,
+        terminated,
+        truncated,
+        reset_obs: dict | None = None,
+    ) -> int:
+        """Stage one vector step for all N envs; commit the episodes that ended.
+
+        Args:
+            action: (N, A) actions taken.
+            next_obs: dict of (N, ...): the true successor of each acted-on observation.
+            terminated, truncated: (N,) bool.
+            reset_obs: dict of (N, ...): the first observation of the next episode for envs
+                that ended (required when any ended).
+        Returns:
+            number of episodes committed.
+        """
+        terminated = np.asarray(terminated, dtype=bool)
+        done = terminated | np.asarray(truncated, dtype=bool)
+        T = self.spec.max_episode_steps
+        if (self.staged_steps >= T).any():
+            raise RuntimeError(
+                f"an episode ran past max_episode_steps={T} without ending; the replay's "
+                "episode length does not match the env"
+            )
+        envs = torch.arange(self.spec.n_envs, device=self.device)
+        steps = torch.as_tensor(self.staged_steps, device=self.device)
+        self.staging["actions"][envs, steps] = torch.as_tensor(
+            action, dtype=torch.float32, device=self.device
+        )
+        next_obs = {k: torch.as_tensor(v, device=self.device) for k, v in next_obs.items()}
+        self._write_step(envs, steps + 1, next_obs)
+        self.staged_steps += 1
+        ended = np.flatnonzero(done)
+        if len(ended):
+            self._commit(ended, terminated[ended])
+            if reset_obs is None:
+                raise ValueError("reset_obs is required when an episode ends")
+            self.start_episodes(reset_obs, ended)
+        return len(ended)
+
+    def _commit(self, envs: np.ndarray, terminated: np.ndarray) -> None:
+        self.episodes_committed += len(envs)
+        if len(envs) > self.capacity:  # more episodes end at once than the ring holds
+            envs, terminated = envs[-self.capacity :], terminated[-self.capacity :]
+        n = len(envs)
+        slots = (self.next_slot + np.arange(n)) % self.capacity
+        src = torch.as_tensor(envs, device=self.device)
+        dst = torch.as_tensor(slots, device=self.device)
+        for key, tensor in self.staging.items():
+            if key in ("lengths", "terminated"):
+                continue
+            self.storage[key][dst] = tensor[src]
+        self.storage["lengths"][dst] = torch.as_tensor(self.staged_steps[envs], device=self.device)
+        self.storage["terminated"][dst] = torch.as_tensor(terminated, device=self.device)
+        self.next_slot = int((self.next_slot + n) % self.capacity)
+        self.num_episodes = min(self.capacity, self.num_episodes + n)
+        self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
+
+    # ------------------------------------------------------------------ sampling
+    def sample_indices(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(episode, t) for `batch_size` transitions drawn uniformly over stored transitions."""
+        if self.num_episodes == 0:
+            raise RuntimeError("cannot sample: no complete episode has been stored yet")
+        cum = self._cumulative_lengths
+        u = torch.randint(int(cum[-1]), (batch_size,), device=self.device, generator=self.generator)
+        episode = torch.searchsorted(cum, u, right=True)
+        t = u - (cum[episode] - self.storage["lengths"][episode])
+        return episode, t
+
+    def gather_frames(
+        self, episode: torch.Tensor, t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frame stacks for obs (steps t-k+1..t) and next obs (t-k+2..t+1), uint8 (B, 3k, H, W).
+
+        Both come from one gather of k+1 frames per sample; indices are clamped at the
+        episode's first step, so an early stack repeats the first frame and never reads
+        another episode.
+        """
+        k = self.spec.frame_stack
+        frames = self.storage[PIXELS]
+        e, steps_per_episode, c, h, w = frames.shape
+        offsets = torch.arange(-k + 1, 2, device=self.device)  # (k+1,)
+        steps = (t[:, None] + offsets).clamp_(min=0)
+        # index_select over flat (episode, step) rows copies whole frames; advanced indexing
+        # of the 5-D tensor takes ~8x longer on a CPU.
+        rows = (episode[:, None] * steps_per_episode + steps).reshape(-1)
+        flat = frames.view(e * steps_per_episode, c * h * w)
+        window = flat.index_select(0, rows).view(len(t), k + 1, c, h, w)
+        b = len(t)
+        obs = window[:, :k].reshape(b, k * c, h, w)
+        next_obs = window[:, 1:].reshape(b, k * c, h, w)
+        return obs, next_obs
+
+    def sample(self, batch_size: int) -> Batch:
+        episode, t = self.sample_indices(batch_size)
+        s, cfg = self.storage, self.cfg
+        obs: dict[str, torch.Tensor] = {}
+        next_obs: dict[str, torch.Tensor] = {}
+        if self.has_pixels:
+            obs[PIXELS], next_obs[PIXELS] = self.gather_frames(episode, t)
+            if cfg.drq:
+                obs[PIXELS] = random_shift(obs[PIXELS], cfg.drq_pad, self.generator)
+                next_obs[PIXELS] = random_shift(next_obs[PIXELS], cfg.drq_pad, self.generator)
+        for key in self.vector_keys:
+            obs[key] = s[key][episode, t]
+            next_obs[key] = s[key][episode, t + 1]
+
+        lengths = s["lengths"][episode]
+        desired = s[DESIRED_GOAL][episode]
+        if cfg.her_n_sampled_goal > 0:
+            relabel = torch.rand(
+                batch_size, device=self.device, generator=self.generator
+            ) < relabel_fraction(cfg.her_n_sampled_goal)
+            goal_step = her_goal_steps(t, lengths, cfg.her_strategy, self.generator)
+            her_goal = s[ACHIEVED_GOAL][episode, goal_step]
+            desired = torch.where(relabel[:, None], her_goal, desired)
+        obs[DESIRED_GOAL] = desired
+        next_obs[DESIRED_GOAL] = desired
+
+        reward = compute_reward(
+            next_obs[ACHIEVED_GOAL], desired, self.spec.distance_threshold, self.spec.reward_type
+        )
+        terminated = (s["terminated"][episode] & (t == lengths - 1)).float()
+        return Batch(obs, s["actions"][episode, t], reward, next_obs, terminated)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, directory: str | os.PathLike) -> None:
+        """Write the stored episodes and the staging area as .npy files plus meta.json.
+
+        Only the filled part of the ring is written; each field is one flat array, so nothing
+        large goes through pickle.
+        """
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        n = self.num_episodes
+        for prefix, tensors, count in (
+            ("storage", self.storage, n),
+            ("staging", self.staging, self.spec.n_envs),
+        ):
+            for key, tensor in tensors.items():
+                _save_array(path / f"{prefix}.{key}.npy", tensor[:count])
+        meta = {
+            "capacity": self.capacity,
+            "num_episodes": n,
+            "next_slot": self.next_slot,
+            "episodes_committed": self.episodes_committed,
+            "staged_steps": self.staged_steps.tolist(),
+            "obs_shapes": {k: list(v) for k, v in self.spec.obs_shapes.items()},
+            "max_episode_steps": self.spec.max_episode_steps,
+        }
+        (path / "meta.json").write_text(json.dumps(meta))
+        torch.save(self.generator.get_state(), path / "generator.pt")
+
+    def load(self, directory: str | os.PathLike) -> None:
+        """Restore what `save` wrote into this (already allocated) buffer, exactly."""
+        path = Path(directory)
+        meta = json.loads((path / "meta.json").read_text())
+        expected = {k: list(v) for k, v in self.spec.obs_shapes.items()}
+        if meta["obs_shapes"] != expected or meta["max_episode_steps"] != (
+            self.spec.max_episode_steps
+        ):
+            raise ValueError(
+                f"saved replay in {path} holds {meta['obs_shapes']} x "
+                f"{meta['max_episode_steps']} steps; this run expects {expected}"
+            )
+        if meta["capacity"] != self.capacity:
+            raise ConfigError(
+                f"--buffer-size: the saved replay holds {meta['capacity']} episodes, this run "
+                f"{self.capacity}; resume with the same --buffer-size"
+            )
+        for prefix, tensors in (("storage", self.storage), ("staging", self.staging)):
+            for key, tensor in tensors.items():
+                _load_array(path / f"{prefix}.{key}.npy", tensor)
+        self.num_episodes = meta["num_episodes"]
+        self.next_slot = meta["next_slot"]
+        self.episodes_committed = meta["episodes_committed"]
+        self.staged_steps = np.asarray(meta["staged_steps"], dtype=np.int64)
+        self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
+        self.generator.set_state(torch.load(path / "generator.pt"))

@@ -1,0 +1,364 @@
+"""Episode replay: storage, frame-stack gather, HER, rewards, DrQ, save/load, memory plan."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pixelrl.buffers.augment import random_shift, shift_images
+from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
+from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
+from pixelrl.config import EnvConfig, ReplayConfig
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, FetchVectorEnv
+from pixelrl.envs import reward_params as env_reward_params
+
+SIDE = 8
+
+
+def make_spec(T=10, n_envs=1, k=4, pixels=True) -> ReplaySpec:
+    shapes = {}
+    if pixels:
+        shapes[PIXELS] = (3, SIDE, SIDE)
+    shapes.update({PROPRIOCEPTION: (2,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)})
+    return ReplaySpec(
+        shapes,
+        action_dim=4,
+        max_episode_steps=T,
+        n_envs=n_envs,
+        frame_stack=k,
+        distance_threshold=0.05,
+        reward_type="sparse",
+    )
+
+
+def step_obs(episode: int, step: int, n_envs: int = 1) -> dict:
+    """Observation whose every entry encodes (episode, step), batched for n_envs."""
+    frame = torch.full((3, SIDE, SIDE), 0, dtype=torch.uint8)
+    frame[0] = episode % 256
+    frame[1] = step
+    frame[2] = (episode * 7 + step) % 256
+    obs = {
+        PIXELS: frame,
+        PROPRIOCEPTION: torch.tensor([episode, step], dtype=torch.float32),
+        ACHIEVED_GOAL: torch.tensor([episode, step, 0.5], dtype=torch.float32),
+        DESIRED_GOAL: torch.tensor([-1.0 - episode, 0.0, 0.0]),
+    }
+    return {k: v.unsqueeze(0).repeat(n_envs, *([1] * v.dim())) for k, v in obs.items()}
+
+
+def fill(replay: EpisodeReplay, episodes: list[int], lengths: list[int]) -> None:
+    """Add whole episodes through the public API with a single env."""
+    replay.start_episodes(step_obs(episodes[0], 0))
+    for i, (ep, length) in enumerate(zip(episodes, lengths, strict=True)):
+        for t in range(length):
+            done = t == length - 1
+            nxt = episodes[i + 1] if i + 1 < len(episodes) else ep + 1
+            replay.add(
+                torch.full((1, 4), float(t) / 100),
+                step_obs(ep, t + 1),
+                terminated=[False],
+                truncated=[done],
+                reset_obs=step_obs(nxt, 0) if done else None,
+            )
+
+
+def replay_for(spec, buffer_size, **cfg):
+    return EpisodeReplay(ReplayConfig(buffer_size=buffer_size, **cfg), spec, "cpu", verbose=False)
+
+
+@pytest.mark.parametrize("env_id", ["FetchPush-v4", "FetchPushDense-v4", "FetchReach-v4"])
+def test_reward_matches_env_compute_reward(env_id):
+    threshold, reward_type = env_reward_params(env_id)
+    assert reward_type == ("dense" if "Dense" in env_id else "sparse")
+    env = gym.make(env_id, disable_env_checker=True)
+    rng = np.random.default_rng(0)
+    desired = rng.uniform([1.0, 0.4, 0.4], [1.6, 1.1, 0.6], (5000, 3))
+    # Distances spread around the threshold so both outcomes occur often.
+    direction = rng.normal(size=(5000, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    achieved = desired + direction * rng.uniform(0, 3 * threshold, (5000, 1))
+    expected = env.unwrapped.compute_reward(achieved, desired, None)
+    ours = compute_reward(torch.tensor(achieved), torch.tensor(desired), threshold, reward_type)
+    np.testing.assert_allclose(ours.numpy(), expected, rtol=1e-6, atol=1e-7)
+    if reward_type == "sparse":
+        assert 0.2 < (expected == 0).mean() < 0.8
+
+
+def test_ring_overwrites_oldest_episode_first():
+    replay = replay_for(make_spec(T=10), buffer_size=30)  # 3 episodes
+    assert replay.capacity == 3
+    fill(replay, [0, 1, 2, 3, 4], [10] * 5)
+    assert replay.num_episodes == 3 and replay.episodes_committed == 5
+    # Slots 0, 1 were overwritten by episodes 3, 4; slot 2 still holds episode 2.
+    stored = replay.storage[PROPRIOCEPTION][:, 0, 0].tolist()
+    assert stored == [3.0, 4.0, 2.0]
+    assert replay.next_slot == 2
+
+
+def test_partial_episodes_are_never_sampled():
+    replay = replay_for(make_spec(T=10), buffer_size=100)
+    with pytest.raises(RuntimeError, match="no complete episode"):
+        replay.sample(4)
+    fill(replay, [7], [10])
+    # A second episode is staged but not finished.
+    for t in range(6):
+        replay.add(torch.zeros(1, 4), step_obs(8, t + 1), [False], [False])
+    batch = replay.sample(2000)
+    assert set(batch.obs[PROPRIOCEPTION][:, 0].tolist()) == {7.0}
+    assert replay.num_transitions == 10
+
+
+def test_frame_stack_gather_equals_naive_reconstruction():
+    k, T = 4, 10
+    replay = replay_for(make_spec(T=T, k=k), buffer_size=40)  # 4 episodes
+    lengths = [10, 3, 10, 7, 10, 2]  # shorter episodes too; the ring wraps
+    fill(replay, list(range(6)), lengths)
+    frames = replay.storage[PIXELS]
+    episode_ids = replay.storage[PROPRIOCEPTION][:, 0, 0].long()
+    stored_lengths = replay.storage["lengths"]
+    # Every valid (slot, t), including the first k steps and the slots written after wrapping.
+    pairs = [(e, t) for e in range(replay.capacity) for t in range(int(stored_lengths[e]))]
+    episode = torch.tensor([p[0] for p in pairs])
+    t = torch.tensor([p[1] for p in pairs])
+    obs, next_obs = replay.gather_frames(episode, t)
+    for i, (e, step) in enumerate(pairs):
+        naive = torch.cat([frames[e, max(0, step - k + 1 + j)] for j in range(k)])
+        naive_next = torch.cat([frames[e, max(0, step + 1 - k + 1 + j)] for j in range(k)])
+        assert torch.equal(obs[i], naive) and torch.equal(next_obs[i], naive_next)
+        # Never reads another episode: every frame in the stack carries this episode's id.
+        ids = obs[i].view(k, 3, SIDE, SIDE)[:, 0, 0, 0]
+        assert (ids == episode_ids[e] % 256).all()
+        # Newest frame last; early stacks repeat the episode's first frame.
+        assert int(obs[i][-3:][1, 0, 0]) == step
+        assert int(obs[i][:3][1, 0, 0]) == max(0, step - k + 1)
+
+
+def test_sampled_transitions_are_consistent_and_uniform():
+    replay = replay_for(make_spec(T=10), buffer_size=100, her_n_sampled_goal=0)
+    fill(replay, [0, 1, 2], [10, 4, 10])
+    batch = replay.sample(24000)
+    ep, t = batch.obs[PROPRIOCEPTION][:, 0], batch.obs[PROPRIOCEPTION][:, 1]
+    assert torch.equal(batch.next_obs[PROPRIOCEPTION][:, 0], ep)
+    assert torch.equal(batch.next_obs[PROPRIOCEPTION][:, 1], t + 1)
+    assert torch.equal(batch.action[:, 0], t / 100)
+    lengths = torch.tensor([10.0, 4.0, 10.0])[ep.long()]
+    assert (t < lengths).all()
+    # Uniform over the 24 stored transitions: episode 1 holds 4 of them.
+    assert abs((ep == 1).float().mean().item() - 4 / 24) < 0.01
+    assert torch.equal(batch.obs[DESIRED_GOAL][:, 0], -1.0 - ep)
+    assert torch.equal(batch.terminated, torch.zeros_like(batch.terminated))
+
+
+@pytest.mark.parametrize("k", [1, 4, 8])
+def test_her_relabel_fraction_and_future_goals(k):
+    replay = replay_for(make_spec(T=10), buffer_size=100, her_n_sampled_goal=k)
+    fill(replay, [0, 1, 2], [10, 6, 10])
+    n = 40000
+    batch = replay.sample(n)
+    ep, t = batch.obs[PROPRIOCEPTION][:, 0], batch.obs[PROPRIOCEPTION][:, 1]
+    desired = batch.obs[DESIRED_GOAL]
+    relabeled = desired[:, 0] >= 0  # original goals are negative in these episodes
+    p = relabel_fraction(k)
+    assert abs(relabeled.float().mean().item() - p) < 5 * np.sqrt(p * (1 - p) / n)
+    goal_episode, goal_step = desired[relabeled, 0], desired[relabeled, 1]
+    assert torch.equal(goal_episode, ep[relabeled])  # the same episode
+    assert (goal_step > t[relabeled]).all()  # a later step
+    lengths = torch.tensor([10.0, 6.0, 10.0])[ep.long()]
+    assert (goal_step <= lengths[relabeled]).all()
+    # Every future step is reachable: from t = 0 of a 10-step episode, t' covers 1..10.
+    first = relabeled & (t == 0) & (lengths == 10)
+    assert set(desired[first, 1].tolist()) == set(map(float, range(1, 11)))
+    # The others keep the episode's own goal.
+    assert torch.equal(desired[~relabeled, 0], -1.0 - ep[~relabeled])
+    assert torch.equal(batch.next_obs[DESIRED_GOAL], desired)
+    # Rewards follow the relabeled goal: achieved_goal[t+1] == goal exactly when t' == t + 1.
+    hit = relabeled.clone()
+    hit[relabeled] = goal_step == t[relabeled] + 1
+    assert torch.equal(batch.reward == 0, hit)
+
+
+def test_her_final_and_episode_strategies():
+    t = torch.tensor([0, 3, 9, 5])
+    lengths = torch.tensor([10, 10, 10, 6])
+    assert torch.equal(her_goal_steps(t, lengths, "final"), lengths)
+    g = torch.Generator().manual_seed(0)
+    many_t = t.repeat(5000)
+    many_l = lengths.repeat(5000)
+    steps = her_goal_steps(many_t, many_l, "episode", g)
+    assert (steps >= 1).all() and (steps <= many_l).all()
+    assert set(steps[many_l == 10].tolist()) == set(range(1, 11))
+    future = her_goal_steps(many_t, many_l, "future", g)
+    assert ((future > many_t) & (future <= many_l)).all()
+    with pytest.raises(ValueError, match="--her-strategy"):
+        her_goal_steps(t, lengths, "past")
+
+
+def test_final_strategy_in_replay():
+    replay = replay_for(
+        make_spec(T=10), buffer_size=100, her_n_sampled_goal=4, her_strategy="final"
+    )
+    fill(replay, [0, 1], [10, 5])
+    batch = replay.sample(4000)
+    ep = batch.obs[PROPRIOCEPTION][:, 0]
+    relabeled = batch.obs[DESIRED_GOAL][:, 0] >= 0
+    lengths = torch.tensor([10.0, 5.0])[ep.long()]
+    assert torch.equal(batch.obs[DESIRED_GOAL][relabeled, 1], lengths[relabeled])
+
+
+def test_shift_moves_a_bright_dot_by_s():
+    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
+    img[0, :, 5, 7] = 255
+    for dy, dx in [(3, 0), (0, -2), (-4, 4), (2, 3)]:
+        out = shift_images(img, torch.tensor([dy]), torch.tensor([dx]))
+        assert out.shape == img.shape and out.dtype == torch.uint8
+        ys, xs = torch.nonzero(out[0, 0], as_tuple=True)
+        assert (ys.tolist(), xs.tolist()) == ([5 + dy], [7 + dx])
+
+
+def test_shift_replicates_edges_like_drq_padding():
+    img = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    dy, dx = torch.tensor([2, -1]), torch.tensor([-3, 1])
+    out = shift_images(img, dy, dx)
+    # Reference: replicate-pad by 4, crop at offset (pad - dy, pad - dx).
+    pad = 4
+    padded = torch.nn.functional.pad(img, (pad,) * 4, mode="replicate")
+    for b in range(2):
+        oy, ox = pad - int(dy[b]), pad - int(dx[b])
+        assert torch.equal(out[b], padded[b, :, oy : oy + 6, ox : ox + 6])
+
+
+def test_random_shift_changes_images_independently():
+    g = torch.Generator().manual_seed(0)
+    img = torch.randint(0, 255, (64, 12, 84, 84), dtype=torch.uint8)
+    out = random_shift(img, 4, g)
+    assert out.shape == img.shape and out.dtype == torch.uint8
+    changed = (out != img).flatten(1).any(1)
+    assert changed.float().mean() > 0.9  # only a (0, 0) shift (1/81) leaves an image as is
+
+
+def test_drq_in_replay_shifts_obs_and_next_obs_differently():
+    spec = make_spec(T=10, k=2)
+    plain = replay_for(spec, buffer_size=100, drq=False)
+    drq = replay_for(spec, buffer_size=100, drq=True)
+    for replay in (plain, drq):
+        replay.start_episodes(step_obs(0, 0))
+        rng = torch.Generator().manual_seed(1)
+        for t in range(10):
+            nxt = step_obs(0, t + 1)
+            nxt[PIXELS] = torch.randint(
+                0, 255, (1, 3, SIDE, SIDE), generator=rng, dtype=torch.uint8
+            )
+            replay.add(torch.zeros(1, 4), nxt, [False], [t == 9], step_obs(1, 0))
+    # obs frames [t-1, t] and next_obs frames [t, t+1] share frame t; same shift -> equal.
+    b = plain.sample(256)
+    assert torch.equal(b.obs[PIXELS][:, 3:], b.next_obs[PIXELS][:, :3])
+    b = drq.sample(256)
+    same = (b.obs[PIXELS][:, 3:] == b.next_obs[PIXELS][:, :3]).flatten(1).all(1)
+    assert same.float().mean() < 0.2
+    assert b.obs[PIXELS].dtype == torch.uint8
+
+
+def test_save_load_round_trip_is_exact(tmp_path):
+    spec = make_spec(T=10, n_envs=1)
+    replay = replay_for(spec, buffer_size=30)
+    fill(replay, [0, 1, 2, 3], [10, 4, 10, 7])
+    for t in range(3):  # a partial episode in staging
+        replay.add(torch.ones(1, 4), step_obs(9, t + 1), [False], [False])
+    replay.sample(8)  # advance the generator
+    replay.save(tmp_path / "replay")
+    restored = replay_for(spec, buffer_size=30)
+    restored.load(tmp_path / "replay")
+    for name in ("storage", "staging"):
+        for key, tensor in getattr(replay, name).items():
+            assert torch.equal(tensor, getattr(restored, name)[key]), (name, key)
+    assert (restored.next_slot, restored.num_episodes, restored.episodes_committed) == (
+        replay.next_slot,
+        replay.num_episodes,
+        replay.episodes_committed,
+    )
+    np.testing.assert_array_equal(restored.staged_steps, replay.staged_steps)
+    a, b = replay.sample(64), restored.sample(64)  # the same RNG stream continues
+    for key in a.obs:
+        assert torch.equal(a.obs[key], b.obs[key])
+    assert torch.equal(a.reward, b.reward)
+    with pytest.raises(ValueError, match="--buffer-size"):
+        replay_for(spec, buffer_size=50).load(tmp_path / "replay")
+
+
+def test_absurd_buffer_size_is_refused_before_allocating():
+    spec = ReplaySpec(
+        {PIXELS: (3, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)},
+        4,
+        50,
+        4,
+        4,
+        0.05,
+        "sparse",
+    )
+    with pytest.raises(
+        MemoryError,
+        match=r"--buffer-size 1,000,000,000 needs .* the largest "
+        r"--buffer-size that fits is [\d,]+",
+    ):
+        replay_for(spec, buffer_size=1_000_000_000)
+
+
+def test_bytes_per_transition_at_84():
+    spec = ReplaySpec(
+        {PIXELS: (3, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)},
+        4,
+        50,
+        4,
+        4,
+        0.05,
+        "sparse",
+    )
+    replay = replay_for(spec, buffer_size=500)
+    # One frame per step (51 per 50-step episode) plus vectors and actions.
+    assert 21168 * 51 / 50 < replay.bytes_per_transition < 21168 * 51 / 50 + 100
+    stored = sum(t.numel() * t.element_size() for t in replay.storage.values())
+    assert stored == replay.capacity * replay.bytes_per_episode
+
+
+def test_real_env_transitions_and_rewards():
+    """Fed by the real vector env, stored rewards (recomputed) equal the env's rewards."""
+    cfg = EnvConfig(env_id="FetchReach-v4", no_pixels=True, n_envs=2, vector="sync")
+    T = 50
+    with FetchVectorEnv(cfg, seed=3) as venv:
+        shapes = {k: s.shape for k, s in venv.single_observation_space.items()}
+        threshold, reward_type = env_reward_params(cfg.env_id)
+        spec = ReplaySpec(shapes, 4, T, 2, 1, threshold, reward_type)
+        replay = replay_for(spec, buffer_size=10 * T, her_n_sampled_goal=0)
+        obs = venv.reset()
+        replay.start_episodes(obs)
+        rewards = []
+        for t in range(2 * T):
+            delta = obs[DESIRED_GOAL] - obs[ACHIEVED_GOAL]
+            noise = np.random.default_rng(t).normal(0, 0.3, (2, 3))
+            action = np.concatenate([np.clip(delta * 10 + noise, -1, 1), np.zeros((2, 1))], 1)
+            step = venv.step(action.astype(np.float32))
+            rewards.append(step.reward)
+            replay.add(action, step.next_obs, step.terminated, step.truncated, step.obs)
+            obs = step.obs
+    assert replay.num_episodes == 4
+    env_rewards = np.stack(rewards)  # (2T, 2 envs)
+    s = replay.storage
+    recomputed = compute_reward(
+        s[ACHIEVED_GOAL][:, 1:], s[DESIRED_GOAL][:, None], threshold, reward_type
+    )
+    # Episodes commit in env order at each boundary: slots 0,1 = first episodes of env 0,1.
+    for slot in range(4):
+        env, episode = slot % 2, slot // 2
+        expected = env_rewards[episode * T : (episode + 1) * T, env]
+        np.testing.assert_array_equal(recomputed[slot].numpy(), expected)
+    assert (env_rewards == 0).any() and (env_rewards == -1).any()
+
+
+def test_slicing_shift_equals_gather_shift():
+    from pixelrl.buffers.augment import shift_images_by_slicing
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.randint(0, 255, (32, 6, 20, 20), dtype=torch.uint8, generator=g)
+    dy = torch.randint(-4, 5, (32,), generator=g)
+    dx = torch.randint(-4, 5, (32,), generator=g)
+    assert torch.equal(shift_images_by_slicing(img, dy, dx, 4), shift_images(img, dy, dx))
