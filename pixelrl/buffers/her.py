@@ -1,4 +1,5 @@
-"""Hindsight experience replay as pure tensor functions (Andrychowicz et al. 2017, arXiv:1707.01495).
+"""Hindsight experience replay as pure tensor functions (Andrychowicz et al. 2017,
+arXiv:1707.01495).
 
 A transition t of an episode of length L moves the agent from step t to t+1; its reward is
 the env's rule applied to achieved_goal[t + 1] (the step after acting) and the desired goal.
