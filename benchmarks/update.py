@@ -1,0 +1,127 @@
+"""SAC updates per second at batch 256: pixelrl's SAC for each encoder beside SB3's
+critic-encoder policy `train()` (the seeds' DrQv2SACPolicy + ManipulationExtractor).
+
+    python benchmarks/update.py [--seconds 20] [--device cpu] [--encoders nature manip drqv2]
+
+Both sides update on the same fixed batch (k=4 stacks of 84x84, proprioception, goals);
+SB3's replay sampling is replaced by that batch so only the update is timed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import torch
+
+from pixelrl.agents.sac import SAC
+from pixelrl.buffers.replay import Batch
+from pixelrl.config import NetworkConfig, SACConfig
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
+
+SHAPES = {PIXELS: (12, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)}
+
+
+def make_batch(b: int, device) -> Batch:
+    gen = torch.Generator().manual_seed(0)
+
+    def obs():
+        return {
+            PIXELS: torch.randint(0, 256, (b, 12, 84, 84), dtype=torch.uint8, generator=gen),
+            PROPRIOCEPTION: torch.randn(b, 10, generator=gen),
+            ACHIEVED_GOAL: torch.rand(b, 3, generator=gen),
+            DESIRED_GOAL: torch.rand(b, 3, generator=gen),
+        }
+
+    batch = Batch(
+        obs(),
+        torch.rand(b, 4, generator=gen) * 2 - 1,
+        -(torch.rand(b, generator=gen) > 0.5).float(),
+        obs(),
+        torch.zeros(b),
+    )
+    move = lambda d: {k: v.to(device) for k, v in d.items()}  # noqa: E731
+    return Batch(
+        move(batch.obs),
+        batch.action.to(device),
+        batch.reward.to(device),
+        move(batch.next_obs),
+        batch.terminated.to(device),
+    )
+
+
+def rate(step, seconds: float, sync, min_steps: int = 3) -> float:
+    step()  # warm-up
+    sync()
+    count, start = 0, time.perf_counter()
+    while count < min_steps or time.perf_counter() - start < seconds:
+        step()
+        count += 1
+    sync()
+    return count / (time.perf_counter() - start)
+
+
+def sb3_rate(batch: Batch, seconds: float, device) -> float:
+    from sb3_pipeline import make_sb3_sac, stacked_pixel_space
+    from stable_baselines3.common.type_aliases import DictReplayBufferSamples
+
+    model = make_sb3_sac(stacked_pixel_space(4, 84), device=device)
+    samples = DictReplayBufferSamples(
+        observations=batch.obs,
+        actions=batch.action,
+        next_observations=batch.next_obs,
+        dones=batch.terminated[:, None],
+        rewards=batch.reward[:, None],
+        discounts=None,
+    )
+    model.replay_buffer.sample = lambda *args, **kwargs: samples
+    return rate(
+        lambda: model.train(gradient_steps=1, batch_size=len(batch.action)), seconds, lambda: None
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--encoders", nargs="+", default=["manip", "drqv2", "nature"])
+    parser.add_argument("--no-sb3", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    batch = make_batch(args.batch_size, device)
+    print(
+        f"# update benchmark: batch {args.batch_size}, k=4 84x84, critic-encoder routing; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, device {device}"
+    )
+    results = {}
+    for encoder in args.encoders:
+        torch.manual_seed(0)
+        agent = SAC(
+            SHAPES,
+            list(SHAPES),
+            [-1.0] * 4,
+            [1.0] * 4,
+            NetworkConfig(encoder=encoder),
+            SACConfig(),
+            device,
+        )
+        results[f"pixelrl {encoder}"] = rate(lambda a=agent: a.update(batch), args.seconds, sync)
+        print(f"  pixelrl {encoder}: {results[f'pixelrl {encoder}']:.3f} updates/s", flush=True)
+    if not args.no_sb3:
+        results["SB3 DrQv2SACPolicy manip"] = sb3_rate(batch, args.seconds, device)
+    print("| implementation | encoder | updates/s | ratio to SB3 (manip) |")
+    print("|---|---|---|---|")
+    sb3 = results.get("SB3 DrQv2SACPolicy manip")
+    for name, value in results.items():
+        ratio = f"{value / sb3:.2f}x" if sb3 else "-"
+        impl, encoder = name.rsplit(" ", 1)
+        print(f"| {impl} | {encoder} | {value:.3f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,224 @@
+"""Soft actor-critic with explicit encoder gradient routing.
+
+SAC: Haarnoja et al. 2018 (arXiv:1801.01290, 1812.05905). Encoder in the critic's optimizer,
+actor on detached features: DrQ-v2, Yarats et al. 2021 (arXiv:2107.09645).
+
+Which loss trains the image encoder is one choice (`--encoder-grad`), visible in `__init__`
+(who owns which parameters) and in `update` (where features are detached):
+
+    critic    one shared encoder, in the critic optimizer only; the actor gets detached
+              features and its optimizer holds no encoder parameter. The routing that made
+              pixel Push learn in the seeds (DrQ-v2).
+    actor     one shared encoder trained only by the actor loss; the critic sees it without
+              gradient (SB3's SAC with share_features_extractor=True).
+    separate  actor and critic each own an encoder (SB3's default).
+
+The target critic has its own encoder copy, moved only by Polyak averaging. Each batch is
+encoded once per role: obs once with gradient (reused, detached, by the actor in the shared
+modes) and next obs once without gradient, by the target encoder, whose features serve both
+the target Q and the next action (the target encoder is a Polyak-lagged copy of the online
+one). `separate` also runs the actor's own encoder on both, as it owns different weights.
+
+Fetch truncates at 50 steps and never terminates, so the target bootstraps through time
+limits: it multiplies by (1 - terminated) only.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pixelrl.buffers.replay import Batch
+from pixelrl.config import NetworkConfig, SACConfig, parse_ent_coef
+from pixelrl.nets.encoders import ObservationEncoder
+from pixelrl.nets.heads import SquashedGaussianActor, TwinQ
+
+
+class SAC(nn.Module):
+    """Networks, optimizers and the update of SAC.
+
+    Args:
+        obs_shapes: shape of each observation key as the networks see it; pixels stacked
+            (3k, H, W) uint8.
+        keys: observation keys the networks use (`pixelrl.envs.policy_keys`).
+        action_low, action_high: the env's action bounds, (A,).
+    """
+
+    def __init__(
+        self,
+        obs_shapes: dict[str, tuple[int, ...]],
+        keys,
+        action_low,
+        action_high,
+        net_cfg: NetworkConfig,
+        cfg: SACConfig,
+        device: torch.device | str = "cpu",
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.routing = cfg.encoder_grad
+        if self.routing not in ("critic", "actor", "separate"):
+            raise ValueError(f"--encoder-grad {self.routing!r}: choose critic, actor, separate")
+        action_dim = len(action_low)
+        hidden = net_cfg.hidden_sizes
+
+        # Networks: a shared encoder, or one each for `separate`.
+        self.critic_encoder = ObservationEncoder(net_cfg, obs_shapes, keys)
+        if self.routing == "separate":
+            self.actor_encoder = ObservationEncoder(net_cfg, obs_shapes, keys)
+        else:
+            self.actor_encoder = self.critic_encoder
+        features_dim = self.critic_encoder.features_dim
+        self.actor = SquashedGaussianActor(
+            features_dim, action_dim, hidden, action_low, action_high
+        )
+        self.critic = TwinQ(features_dim, action_dim, hidden)
+        self.target_encoder = copy.deepcopy(self.critic_encoder).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+
+        # Entropy coefficient alpha: fixed, or learned toward a target entropy of -|A|.
+        self.learn_alpha, initial_alpha = parse_ent_coef(cfg.ent_coef)
+        self.log_alpha = nn.Parameter(
+            torch.tensor(float(initial_alpha)).log(), requires_grad=self.learn_alpha
+        )
+        self.target_entropy = -float(action_dim)
+        self.to(device)
+
+        # Optimizers: the routing decides which one holds the encoder's parameters.
+        critic_params = list(self.critic.parameters())
+        actor_params = list(self.actor.parameters())
+        if self.routing in ("critic", "separate"):
+            critic_params += list(self.critic_encoder.parameters())
+        if self.routing in ("actor", "separate"):
+            actor_params += list(self.actor_encoder.parameters())
+        self.critic_optimizer = torch.optim.Adam(critic_params, lr=cfg.learning_rate)
+        self.actor_optimizer = torch.optim.Adam(actor_params, lr=cfg.learning_rate)
+        self.alpha_optimizer = (
+            torch.optim.Adam([self.log_alpha], lr=cfg.learning_rate) if self.learn_alpha else None
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_alpha.device
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
+        """Actions (N, A) for a batch of observations (pixels: stacked uint8)."""
+        features = self.actor_encoder(obs)
+        if deterministic:
+            return self.actor.deterministic(features)
+        return self.actor.sample(features)[0]
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One gradient step of critic, actor and alpha, then the Polyak update.
+
+        Returns detached scalar tensors (no device sync here; the logger calls .item()).
+        """
+        alpha = self.log_alpha.detach().exp()
+
+        # Encode: obs once with gradient for the encoder's owner; next obs once, no gradient.
+        if self.routing == "critic":
+            critic_features = self.critic_encoder(batch.obs)
+            actor_features = critic_features.detach()
+        elif self.routing == "actor":
+            actor_features = self.actor_encoder(batch.obs)
+            critic_features = actor_features.detach()
+        else:
+            critic_features = self.critic_encoder(batch.obs)
+            actor_features = self.actor_encoder(batch.obs)
+        with torch.no_grad():
+            next_features = self.target_encoder(batch.next_obs)
+            if self.routing == "separate":
+                next_actor_features = self.actor_encoder(batch.next_obs)
+            else:
+                next_actor_features = next_features
+
+        # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
+        with torch.no_grad():
+            next_action, next_log_prob = self.actor.sample(next_actor_features)
+            target_q1, target_q2 = self.target_critic(next_features, next_action)
+            next_value = torch.min(target_q1, target_q2) - alpha * next_log_prob
+            target_q = batch.reward + self.cfg.gamma * (1.0 - batch.terminated) * next_value
+
+        # Critic step (with `critic` routing this also steps the encoder).
+        q1, q2 = self.critic(critic_features, batch.action)
+        critic_loss = 0.5 * (F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q))
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        self.critic_optimizer.step()
+
+        # Actor step: maximize min Q - alpha log pi. The critic judges detached features, so
+        # the encoder gets no gradient through Q; with `actor`/`separate` routing it gets one
+        # through the actor's own path.
+        action, log_prob = self.actor.sample(actor_features)
+        q1_pi, q2_pi = self.critic(critic_features.detach(), action)
+        actor_loss = (alpha * log_prob - torch.min(q1_pi, q2_pi)).mean()
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        self.actor_optimizer.step()
+
+        # Entropy step: move alpha so that the policy's entropy approaches -|A|.
+        metrics = {}
+        if self.alpha_optimizer is not None:
+            alpha_loss = -(self.log_alpha * (log_prob.detach() + self.target_entropy)).mean()
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_optimizer.step()
+            metrics["ent_coef_loss"] = alpha_loss.detach()
+
+        # Polyak update of the target critic and its encoder copy.
+        self.soft_update()
+
+        metrics.update(
+            critic_loss=critic_loss.detach(),
+            actor_loss=actor_loss.detach(),
+            ent_coef=alpha,
+            q_mean=0.5 * (q1.detach().mean() + q2.detach().mean()),
+        )
+        return metrics
+
+    @torch.no_grad()
+    def soft_update(self) -> None:
+        """target <- (1 - tau) target + tau online, for the Q heads and the encoder copy."""
+        for target, online in (
+            (self.target_critic, self.critic),
+            (self.target_encoder, self.critic_encoder),
+        ):
+            target_params = list(target.parameters())
+            if target_params:
+                torch._foreach_lerp_(target_params, list(online.parameters()), self.cfg.tau)
+
+    # ------------------------------------------------------------------ diagnostics
+    @torch.no_grad()
+    def encoder_diagnostics(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Feature mean/std per input key and the SpatialSoftmax temperature."""
+        out = {}
+        for key, features in self.critic_encoder.parts(obs).items():
+            out[f"encoder/{key}_mean"] = features.mean()
+            out[f"encoder/{key}_std"] = features.std()
+        image = self.critic_encoder.image
+        if image is not None and image.spatial_softmax is not None:
+            out["encoder/spatial_softmax_temperature"] = image.spatial_softmax.temperature[0]
+        return out
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict:
+        """Networks, optimizers and log alpha as state dicts (for checkpoints)."""
+        state = {
+            "networks": self.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+        }
+        if self.alpha_optimizer is not None:
+            state["alpha_optimizer"] = self.alpha_optimizer.state_dict()
+        return state
+
+    def load_state(self, state: dict) -> None:
+        self.load_state_dict(state["networks"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        if self.alpha_optimizer is not None:
+            self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
