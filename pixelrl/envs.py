@@ -16,7 +16,9 @@ Traps handled here (see shared/DESIGN.md):
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 from dataclasses import dataclass
 from functools import partial
 
@@ -191,6 +193,88 @@ class FetchObservation(gym.Wrapper):
         raw, info = self.env.reset(**kwargs)
         return self.observe(raw), info
 
+    # Exact resume: the full simulator state of an env, so that a resumed run continues the
+    # very same episode. Fetch's reset does not clear everything (the gripper's mocap target
+    # carries over between episodes), hence the whole MuJoCo integration state, not a seed.
+    def get_sim_state(self) -> dict:
+        import mujoco
+
+        base = self.env.unwrapped
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(base.model, spec))
+        mujoco.mj_getState(base.model, base.data, physics, spec)
+        return {
+            "physics": physics,
+            "goal": base.goal.copy(),
+            "elapsed_steps": self._time_limit()._elapsed_steps,
+            "rng": base.np_random.bit_generator.state,
+        }
+
+    def set_sim_state(self, state: dict) -> dict[str, np.ndarray]:
+        """Restore `get_sim_state` output (after a reset) and return the observation there."""
+        import mujoco
+
+        base = self.env.unwrapped
+        spec = mujoco.mjtState.mjSTATE_INTEGRATION
+        mujoco.mj_setState(base.model, base.data, np.asarray(state["physics"]), spec)
+        mujoco.mj_forward(base.model, base.data)
+        base.goal = np.asarray(state["goal"]).copy()
+        self._time_limit()._elapsed_steps = state["elapsed_steps"]
+        base.np_random.bit_generator.state = state["rng"]
+        return self.observe(base._get_obs())
+
+    pending_sim_state: dict | None = None
+    _view = None
+
+    def render_view(self, size: int = 480) -> np.ndarray:
+        """A larger (size, size, 3) uint8 image of the same camera, goal marker drawn (for
+        videos, not for the agent)."""
+        import mujoco
+
+        base = self.env.unwrapped
+        if self._view is None:
+            base.model.vis.global_.offwidth = max(base.model.vis.global_.offwidth, size)
+            base.model.vis.global_.offheight = max(base.model.vis.global_.offheight, size)
+            self._view = mujoco.Renderer(base.model, size, size)
+            self._view_camera = mujoco.MjvCamera()
+            cfg = self.cfg
+            if cfg.camera == "free":
+                self._view_camera.type = mujoco.mjtCamera.mjCAMERA_FREE
+                self._view_camera.lookat[:] = cfg.camera_lookat
+                self._view_camera.distance = cfg.camera_distance
+                self._view_camera.azimuth = cfg.camera_azimuth
+                self._view_camera.elevation = cfg.camera_elevation
+            else:
+                self._view_camera.type = mujoco.mjtCamera.mjCAMERA_FIXED
+                self._view_camera.fixedcamid = mujoco.mj_name2id(
+                    base.model, mujoco.mjtObj.mjOBJ_CAMERA, cfg.camera
+                )
+        site = mujoco.mj_name2id(base.model, mujoco.mjtObj.mjOBJ_SITE, "target0")
+        alpha = base.model.site_rgba[site, 3]
+        base._render_callback()  # place the marker at the current goal
+        base.model.site_rgba[site, 3] = 1.0
+        try:
+            self._view.update_scene(base.data, camera=self._view_camera)
+            return self._view.render().copy()
+        finally:
+            base.model.site_rgba[site, 3] = alpha
+
+    def apply_pending_sim_state(self) -> dict[str, np.ndarray]:
+        state, self.pending_sim_state = self.pending_sim_state, None
+        return self.set_sim_state(state)
+
+    def close(self):
+        if self._view is not None:
+            self._view.close()
+            self._view = None
+        super().close()
+
+    def _time_limit(self) -> gym.wrappers.TimeLimit:
+        env = self.env
+        while not isinstance(env, gym.wrappers.TimeLimit):
+            env = env.env
+        return env
+
     def step(self, action):
         raw, reward, terminated, truncated, info = self.env.step(action)
         return self.observe(raw), reward, terminated, truncated, info
@@ -203,6 +287,10 @@ def make_fetch_env(cfg: EnvConfig) -> FetchObservation:
     default here (in the worker, before any render) is enough.
     """
     os.environ.setdefault("MUJOCO_GL", "egl")
+    if multiprocessing.parent_process() is not None:
+        # A worker: Ctrl-C in the terminal reaches the whole process group; the trainer
+        # handles it (checkpoint, clean exit) and closes the workers itself.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return FetchObservation(cfg)
 
 
@@ -257,6 +345,17 @@ class FetchVectorEnv:
         """Reset env i with seed + i."""
         obs, _ = self.envs.reset(seed=[self.seed + i for i in range(self.num_envs)])
         return obs
+
+    def get_states(self) -> list[dict]:
+        """Each env's full simulator state (see `FetchObservation.get_sim_state`)."""
+        return list(self.envs.call("get_sim_state"))
+
+    def set_states(self, states: list[dict]) -> dict[str, np.ndarray]:
+        """Reset, then restore the states `get_states` returned; the batched observation."""
+        self.reset()
+        self.envs.set_attr("pending_sim_state", list(states))  # one value per env
+        per_env = self.envs.call("apply_pending_sim_state")
+        return {key: np.stack([obs[key] for obs in per_env]) for key in per_env[0]}
 
     def random_actions(self) -> np.ndarray:
         return np.stack([self.single_action_space.sample() for _ in range(self.num_envs)])

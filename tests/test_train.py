@@ -1,0 +1,373 @@
+"""train.py / eval.py end to end: run, logs, checkpoints, resume, signals, bad flags."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pixelrl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from pixelrl.config import EnvConfig, ReplayConfig, RunConfig, SACConfig, TrainConfig
+from pixelrl.trainer import Trainer, config_tag, run_directory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path, pixels=True, **run) -> TrainConfig:
+    env = EnvConfig(
+        env_id="FetchReach-v4",
+        n_envs=2,
+        image_size=48,
+        no_pixels=not pixels,
+        vector="async" if pixels else "sync",
+    )
+    return TrainConfig(
+        env=env,
+        replay=ReplayConfig(buffer_size=2000),
+        sac=SACConfig(batch_size=8, learning_starts=60),
+        run=RunConfig(
+            **{
+                "total_steps": 200,
+                "checkpoint_freq": 100,
+                "log_interval": 40,
+                "runs_dir": str(tmp_path),
+                "progress": False,
+                **run,
+            }
+        ),
+    )
+
+
+def cli(cfg: TrainConfig) -> list[str]:
+    """The train.py flags for a `tiny` config."""
+    e, s, r = cfg.env, cfg.sac, cfg.run
+    args = [
+        "--env-id",
+        e.env_id,
+        "--n-envs",
+        str(e.n_envs),
+        "--image-size",
+        str(e.image_size),
+        "--vector",
+        e.vector,
+        "--buffer-size",
+        str(cfg.replay.buffer_size),
+        "--batch-size",
+        str(s.batch_size),
+        "--learning-starts",
+        str(s.learning_starts),
+        "--total-steps",
+        str(r.total_steps),
+        "--checkpoint-freq",
+        str(r.checkpoint_freq),
+        "--log-interval",
+        str(r.log_interval),
+        "--runs-dir",
+        r.runs_dir,
+        "--no-progress",
+    ]
+    if e.no_pixels:
+        args.append("--no-pixels")
+    return args
+
+
+def run_script(script: str, args: list[str], timeout: float = 300, **kwargs):
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def final_state(run_dir):
+    path, state, meta = latest_checkpoint(run_dir)
+    return path, state, meta
+
+
+def test_end_to_end_run_and_eval(tmp_path):
+    cfg = tiny(tmp_path)
+    result = run_script("train.py", cli(cfg))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = run_directory(cfg)
+    assert json.loads((run_dir / "config.json").read_text())["env"]["env_id"] == "FetchReach-v4"
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {
+        "rollout/success_rate",
+        "rollout/ep_rew_mean",
+        "rollout/ep_len_mean",
+        "train/critic_loss",
+        "train/actor_loss",
+        "train/ent_coef",
+        "train/n_updates",
+        "time/fps",
+        "encoder/spatial_softmax_temperature",
+        "encoder/pixels_mean",
+        "encoder/proprioception_std",
+    } <= tags
+    assert [e.step for e in events.Scalars("time/fps")] == [40, 80, 120, 160, 200]
+    steps = [int(p.name.split("_")[1]) for p in list_checkpoints(run_dir)]
+    assert steps == [200, 100]
+    state, meta = load_checkpoint(list_checkpoints(run_dir)[0])
+    assert meta["step"] == 200 and meta["config"]["sac"]["batch_size"] == 8
+    assert {"git_commit", "wall_time_s", "success_rate", "episodes"} <= set(meta)
+    assert state["counters"]["episodes"] == 4 and state["counters"]["n_updates"] > 0
+    # Only the newest checkpoint keeps the (large) replay.
+    assert (list_checkpoints(run_dir)[0] / "replay").is_dir()
+    assert not (list_checkpoints(run_dir)[1] / "replay").exists()
+
+    video = tmp_path / "rollout.gif"
+    result = run_script(
+        "eval.py",
+        [
+            "--checkpoint",
+            str(run_dir),
+            "--episodes",
+            "3",
+            "--video",
+            str(video),
+            "--video-episodes",
+            "1",
+            "--video-size",
+            "128",
+        ],
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((list_checkpoints(run_dir)[0] / "eval.json").read_text())
+    assert report["episodes"] == 3 and len(report["per_episode"]) == 3
+    assert report["checkpoint_step"] == 200 and report["seed"] == 10_000
+    assert 0.0 <= report["success_rate"] <= 1.0
+    for episode in report["per_episode"]:
+        assert episode["final_distance"] >= 0 and -50 <= episode["return"] <= 0
+    from PIL import Image
+
+    gif = Image.open(video)
+    assert gif.size == (128, 128) and gif.n_frames == 51
+
+
+def _replay_arrays(path):
+    return {p.name: np.load(p) for p in sorted((path / "replay").glob("*.npy"))}
+
+
+@pytest.mark.parametrize("split", [100, 130])  # at an episode boundary, and mid-episode
+def test_resume_equals_uninterrupted_run(tmp_path, split):
+    whole = tiny(tmp_path / "whole", total_steps=260, checkpoint_freq=1000)
+    assert Trainer(whole).run() == 0
+    first = tiny(tmp_path / "parts", total_steps=split, checkpoint_freq=1000)
+    assert Trainer(first).run() == 0
+    second = replace(first, run=replace(first.run, total_steps=260, resume=True))
+    assert Trainer(second).run() == 0
+    path_a, state_a, meta_a = final_state(run_directory(whole))
+    path_b, state_b, meta_b = final_state(run_directory(second))
+    assert state_a["counters"] == state_b["counters"]
+    assert meta_a["step"] == meta_b["step"] == 260
+    arrays_a, arrays_b = _replay_arrays(path_a), _replay_arrays(path_b)
+    assert arrays_a.keys() == arrays_b.keys()
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+    for key, value in state_a["agent"]["networks"].items():
+        assert torch.equal(value, state_b["agent"]["networks"][key]), key
+
+
+def test_overlapped_and_sequential_loops_agree(tmp_path):
+    overlapped = tiny(tmp_path / "a", total_steps=160)
+    sequential = tiny(tmp_path / "b", total_steps=160, overlap=False)
+    assert Trainer(overlapped).run() == 0 and Trainer(sequential).run() == 0
+    path_a, state_a, _ = final_state(run_directory(overlapped))
+    path_b, state_b, _ = final_state(run_directory(sequential))
+    assert state_a["counters"] == state_b["counters"] and state_a["counters"]["n_updates"] > 0
+    arrays_a, arrays_b = _replay_arrays(path_a), _replay_arrays(path_b)
+    for name in arrays_a:
+        np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
+
+
+def _wait_for(predicate, timeout, proc):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def test_sigkill_resumes_from_last_checkpoint_and_corrupt_newest_is_skipped(tmp_path):
+    cfg = tiny(tmp_path, pixels=False, total_steps=100_000, checkpoint_freq=200)
+    run_dir = run_directory(cfg)
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *cli(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert _wait_for(lambda: len(list_checkpoints(run_dir)) >= 3, 240, proc)
+    finally:
+        proc.kill()
+        proc.wait()
+    checkpoints = list_checkpoints(run_dir)
+    newest, previous = checkpoints[0], checkpoints[1]
+    # Damage the newest: a truncated state file must be skipped for the previous one.
+    state_file = newest / "state.pt"
+    state_file.write_bytes(state_file.read_bytes()[:100])
+    path, _, _ = latest_checkpoint(run_dir)
+    assert path == previous
+    resume_step = int(previous.name.split("_")[1])
+    total = resume_step + 100
+    resumed = run_script("train.py", [*cli(cfg), "--resume", "--total-steps", str(total)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"env step {resume_step:,}" in resumed.stdout
+    assert "skipping checkpoint" in resumed.stdout
+    path, state, meta = latest_checkpoint(run_dir)
+    assert meta["step"] == total and state["counters"]["env_step"] == total
+
+
+def test_sigint_writes_a_checkpoint_and_exits_0(tmp_path):
+    cfg = tiny(tmp_path, pixels=False, total_steps=100_000, checkpoint_freq=50_000)
+    run_dir = run_directory(cfg)
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *cli(cfg)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _wait_for(lambda: list(run_dir.glob("events.out.*")), 120, proc)
+        time.sleep(3)  # let it train a little
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGINT" in out
+    path, state, meta = latest_checkpoint(run_dir)
+    assert 0 < meta["step"] < 100_000 and meta["step"] % 2 == 0
+    assert state["counters"]["env_step"] == meta["step"]
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
+    cfg = tiny(tmp_path, pixels=False, total_steps=400, checkpoint_freq=100)
+    trainer = Trainer(cfg)
+    real_update = trainer.agent.update
+    calls = {"n": 0}
+
+    def update(batch):
+        calls["n"] += 1
+        metrics = real_update(batch)
+        if calls["n"] == 30:  # update k runs at env step 60 + 2(k-1) = 118: after step 100
+            metrics["critic_loss"] = torch.tensor(float("nan"))
+        return metrics
+
+    trainer.agent.update = update
+    assert trainer.run() == 1
+    out = capsys.readouterr().out
+    assert "non-finite critic_loss at env step" in out
+    steps = [int(p.name.split("_")[1]) for p in list_checkpoints(run_directory(cfg))]
+    assert steps == [100]  # the last good one, and nothing written after the NaN
+    assert "step_000000000100" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--encoder", "resnet"], "--encoder"),
+        (["--env-id", "FetchFly-v1"], "--env-id 'FetchFly-v1'"),
+        (["--full-state", "--no-pixels"], "--full-state and --no-pixels"),
+        (["--image-size", "16"], "--image-size 16"),
+        (["--ent-coef", "lots"], "--ent-coef 'lots'"),
+        (["--encoder-grad", "both"], "--encoder-grad"),
+        (["--buffer-size", "0"], "--buffer-size 0"),
+        (["--batch-size", "0"], "--batch-size 0"),
+        (["--buffer-size", "100000000000"], "the largest --buffer-size that fits"),
+        (["--device", "tpu"], "--device 'tpu'"),
+    ],
+)
+def test_bad_flags_exit_2_before_starting_anything(tmp_path, args, message):
+    result = run_script("train.py", [*args, "--runs-dir", str(tmp_path)], timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert not any(tmp_path.iterdir())  # no run directory, so no worker and no buffer
+
+
+def test_config_tag_names_what_differs():
+    assert config_tag(TrainConfig()) == "manip"
+    cfg = TrainConfig(
+        env=EnvConfig(full_state=True),
+        replay=ReplayConfig(drq=True),
+        sac=SACConfig(encoder_grad="actor"),
+    )
+    assert config_tag(cfg) == "manip_fullState_DrQ_actorEnc"
+
+
+@pytest.mark.slow
+def test_full_state_reach_learns_within_10k_steps(tmp_path):
+    args = [
+        "--env-id",
+        "FetchReach-v4",
+        "--full-state",
+        "--total-steps",
+        "10000",
+        "--vector",
+        "sync",
+        "--learning-rate",
+        "1e-3",
+        "--gradient-steps",
+        "4",
+        "--buffer-size",
+        "100000",
+        "--checkpoint-freq",
+        "10000",
+        "--runs-dir",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    result = run_script("train.py", args, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = next(tmp_path.iterdir()) / "seed0"
+    result = run_script("eval.py", ["--checkpoint", str(run_dir), "--episodes", "50"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((list_checkpoints(run_dir)[0] / "eval.json").read_text())
+    assert report["success_rate"] >= 0.9, report["success_rate"]
+
+
+def test_checkpoint_save_is_atomic_and_prunes_old_replays(tmp_path):
+    from pixelrl.checkpoint import save_checkpoint
+
+    class FakeReplay:
+        def save(self, directory):
+            Path(directory).mkdir()
+            (Path(directory) / "data.npy").write_bytes(b"x" * 1000)
+
+    for step in (100, 200):
+        save_checkpoint(tmp_path, step, {"w": torch.ones(3) * step}, {"config": {}}, FakeReplay())
+    newest, older = list_checkpoints(tmp_path)
+    assert (newest / "replay").is_dir() and not (older / "replay").exists()
+    state, meta = load_checkpoint(older)  # still complete after its replay was dropped
+    assert meta["replay_saved"] is False and torch.equal(state["w"], torch.ones(3) * 100)
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+    # A leftover temporary directory (a crash mid-save) is never taken for a checkpoint.
+    (tmp_path / "checkpoints" / ".tmpstep_000000000300.123").mkdir()
+    assert latest_checkpoint(tmp_path)[0] == newest

@@ -1,0 +1,32 @@
+"""Train SAC + HER on a Fetch task from pixels.
+
+    python train.py --encoder manip --no-drq            # the seeds' winning recipe
+    python train.py --env-id FetchReach-v4 --full-state --total-steps 10000
+    python train.py --resume                            # continue the run from its last checkpoint
+
+Every flag: python train.py --help
+"""
+
+import os
+import sys
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering in the env workers
+
+import tyro
+
+from pixelrl.config import ConfigError, TrainConfig
+from pixelrl.trainer import Trainer
+
+
+def main() -> int:
+    cfg = tyro.cli(TrainConfig, config=(tyro.conf.OmitArgPrefixes,), description=__doc__)
+    try:
+        trainer = Trainer(cfg)
+    except (ConfigError, MemoryError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return trainer.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
