@@ -193,3 +193,138 @@ def make_sb3_sac(
     )
     model.set_logger(configure(None, []))
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The seeds' pixel env (scripts/labs/pixel_wrapper.py): render 480x480 + PIL bilinear resize to
+# 84 (or --native-render at 84), frames stacked in the worker, proprioception and goals beside.
+# The goal marker stays visible, as in the seeds. Proprioception uses the robot-only indices
+# (the seeds' observation[:10] slip is not carried over).
+
+from collections import deque  # noqa: E402
+from functools import partial  # noqa: E402
+
+from pixelrl.envs import proprioception_indices  # noqa: E402
+
+
+class SeedPixelWrapper(gym.Wrapper):
+    def __init__(self, env, image_size=84, frame_stack=4, native_render=False):
+        super().__init__(env)
+        self.image_size, self.native_render = image_size, native_render
+        self.frames = deque(maxlen=frame_stack)
+        self.proprio_idx = proprioception_indices(bool(env.unwrapped.has_object))
+        self.observation_space = stacked_pixel_space(frame_stack, image_size)
+
+    def _frame(self):
+        frame = self.env.render()
+        if not self.native_render:
+            from PIL import Image
+
+            size = (self.image_size, self.image_size)
+            frame = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
+        return frame.transpose(2, 0, 1)
+
+    def _obs(self, raw):
+        return {
+            "pixels": np.concatenate(list(self.frames), axis=0),
+            "proprioception": raw["observation"][self.proprio_idx].astype(np.float32),
+            "achieved_goal": raw["achieved_goal"].astype(np.float32),
+            "desired_goal": raw["desired_goal"].astype(np.float32),
+        }
+
+    def reset(self, **kwargs):
+        raw, info = self.env.reset(**kwargs)
+        frame = self._frame()
+        for _ in range(self.frames.maxlen):
+            self.frames.append(frame)
+        return self._obs(raw), info
+
+    def step(self, action):
+        raw, reward, terminated, truncated, info = self.env.step(action)
+        self.frames.append(self._frame())
+        return self._obs(raw), reward, terminated, truncated, info
+
+    def compute_reward(self, achieved_goal, desired_goal, info):
+        return self.env.unwrapped.compute_reward(achieved_goal, desired_goal, info)
+
+
+def make_seed_env(
+    env_id="FetchPush-v4", image_size=84, frame_stack=4, native_render=False, render_size=480
+):
+    import os
+
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    _register_fetch()
+    side = image_size if native_render else render_size
+    env = gym.make(
+        env_id, render_mode="rgb_array", width=side, height=side, disable_env_checker=True
+    )
+    return SeedPixelWrapper(env, image_size, frame_stack, native_render)
+
+
+def make_sb3_pipeline(
+    env_id="FetchPush-v4",
+    n_envs=4,
+    native_render=False,
+    frame_stack=4,
+    vec_env="subproc",
+    buffer_size=500_000,
+    her_n_sampled_goal=8,
+    learning_rate=1e-4,
+    gamma=0.95,
+    tau=0.005,
+    batch_size=256,
+    ent_coef=0.05,
+    learning_starts=1000,
+    train_freq=1,
+    gradient_steps=1,
+    drq=False,
+    device="auto",
+    seed=0,
+):
+    """The seeds' training setup: SB3 SAC + HerReplayBuffer (+ DrQ) + DrQv2SACPolicy with
+    ManipulationExtractor on SubprocVecEnv (or DummyVecEnv, what the seeds' make_vec_env used)."""
+    from stable_baselines3 import SAC as SB3SAC
+    from stable_baselines3.common.vec_env import SubprocVecEnv
+
+    factory = partial(make_seed_env, env_id, 84, frame_stack, native_render)
+    if vec_env == "subproc":
+        venv = SubprocVecEnv([factory] * n_envs, start_method="spawn")
+    else:
+        venv = DummyVecEnv([factory] * n_envs)
+    venv.seed(seed)
+    return SB3SAC(
+        DrQv2SACPolicy,
+        venv,
+        learning_rate=learning_rate,
+        buffer_size=buffer_size,
+        learning_starts=learning_starts,
+        batch_size=batch_size,
+        tau=tau,
+        gamma=gamma,
+        train_freq=train_freq,
+        gradient_steps=gradient_steps,
+        ent_coef=ent_coef,
+        replay_buffer_class=HerDrQReplayBuffer if drq else HerReplayBuffer,
+        replay_buffer_kwargs={
+            "n_sampled_goal": her_n_sampled_goal,
+            "goal_selection_strategy": "future",
+        },
+        policy_kwargs={"features_extractor_class": ManipulationExtractor, "net_arch": [256, 256]},
+        device=device,
+        seed=seed,
+        verbose=0,
+    )
+
+
+class HerDrQReplayBuffer(HerReplayBuffer):
+    """HER + DrQ as the seeds composed them: random shift of obs and next_obs pixels, each
+    independently, after sampling."""
+
+    def sample(self, batch_size, env=None):
+        from pixelrl.buffers.augment import random_shift
+
+        samples = super().sample(batch_size, env)
+        samples.observations["pixels"] = random_shift(samples.observations["pixels"], 4)
+        samples.next_observations["pixels"] = random_shift(samples.next_observations["pixels"], 4)
+        return samples

@@ -3,7 +3,8 @@
 Data flow: N worker processes (gymnasium AsyncVectorEnv, shared memory, spawn), each with its
 own MuJoCo EGL context, return ONE frame per env per step as uint8 (3, H, W) together with the
 robot's proprioception and both goal vectors. Frame stacking for acting happens on the learner
-side (`FrameStack`, on the learner's device); the replay stores single frames too.
+side (`pixelrl.frame_stack.FrameStack`, on the learner's device); the replay stores single
+frames too. This module does not import torch, so the workers stay small.
 
 Traps handled here (see shared/DESIGN.md):
 - EGL across fork: workers start with `spawn` (or forkserver); nothing renders in the parent.
@@ -24,7 +25,6 @@ from functools import partial
 
 import gymnasium as gym
 import numpy as np
-import torch
 
 from pixelrl.config import ConfigError, EnvConfig, validate_env_config
 
@@ -403,34 +403,3 @@ class FetchVectorEnv:
 
     def __exit__(self, *exc):
         self.close()
-
-
-class FrameStack:
-    """Stacks of the last k frames per env for acting, kept on the learner's device.
-
-    A new episode starts with k copies of its first frame (as the replay's gather does);
-    the newest frame is last: `stacked()[:, -3:]` is the current frame.
-    """
-
-    def __init__(self, num_envs: int, k: int, frame_shape: tuple[int, ...], device):
-        self.k = k
-        self.frames = torch.zeros((num_envs, k, *frame_shape), dtype=torch.uint8, device=device)
-
-    def reset(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        """Fill every slot with `frames` (N, 3, H, W) where `mask` (N,) is true (all if None)."""
-        fill = frames.unsqueeze(1).expand_as(self.frames)
-        if mask is None:
-            self.frames.copy_(fill)
-        else:
-            self.frames[mask] = fill[mask]
-
-    def push(self, frames: torch.Tensor, new_episode: torch.Tensor | None = None) -> None:
-        """Append the newest frames; envs flagged in `new_episode` restart their stack."""
-        self.frames = torch.cat([self.frames[:, 1:], frames.unsqueeze(1)], dim=1)
-        if new_episode is not None and bool(new_episode.any()):
-            self.reset(frames, new_episode)
-
-    def stacked(self) -> torch.Tensor:
-        """(N, 3*k, H, W) uint8, oldest frame first."""
-        n, k, c, h, w = self.frames.shape
-        return self.frames.reshape(n, k * c, h, w)

@@ -31,12 +31,12 @@ from pixelrl.config import ConfigError, TrainConfig, from_dict, to_dict, validat
 from pixelrl.envs import (
     PIXELS,
     FetchVectorEnv,
-    FrameStack,
     make_fetch_env,
     max_episode_steps,
     policy_keys,
     reward_params,
 )
+from pixelrl.frame_stack import FrameStack
 from pixelrl.logger import Logger
 
 STATS_WINDOW = 100  # episodes in rollout/* means, as SB3's ep_info_buffer

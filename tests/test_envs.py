@@ -16,11 +16,11 @@ from pixelrl.envs import (
     STATE,
     FetchObservation,
     FetchVectorEnv,
-    FrameStack,
     make_fetch_env,
     policy_keys,
     proprioception_indices,
 )
+from pixelrl.frame_stack import FrameStack
 
 
 def _raw_obs(env: FetchObservation) -> dict:

@@ -362,3 +362,41 @@ def test_slicing_shift_equals_gather_shift():
     dy = torch.randint(-4, 5, (32,), generator=g)
     dx = torch.randint(-4, 5, (32,), generator=g)
     assert torch.equal(shift_images_by_slicing(img, dy, dx, 4), shift_images(img, dy, dx))
+
+
+def test_envs_at_different_steps_stage_and_commit_correctly():
+    """Env 0 ends a 3-step episode while env 1 runs on: the general (unsynchronized) path."""
+    replay = replay_for(make_spec(T=10, n_envs=2), buffer_size=100)
+
+    def both(ep0, t0, ep1, t1):
+        a, b = step_obs(ep0, t0), step_obs(ep1, t1)
+        return {k: torch.cat([a[k], b[k]]) for k in a}
+
+    replay.start_episodes(both(0, 0, 1, 0))
+    for t in range(3):
+        replay.add(
+            torch.zeros(2, 4),
+            both(0, t + 1, 1, t + 1),
+            [False, False],
+            [t == 2, False],
+            both(2, 0, 1, 0) if t == 2 else None,
+        )
+    assert replay.num_episodes == 1 and list(replay.staged_steps) == [0, 3]
+    for t in range(10):  # now env 0 is at step t of episode 2, env 1 at step t + 3
+        last1, last0 = t + 3 == 9, t == 9
+        replay.add(
+            torch.zeros(2, 4),
+            both(2, t + 1, 1, t + 4),
+            [False, False],
+            [last0, last1],
+            both(3, 0, 4, 0) if (last0 or last1) else None,
+        )
+        if last1:
+            break
+    s = replay.storage
+    assert s["lengths"][:2].tolist() == [3, 10]
+    # Slot 0: env 0's episode 0 (3 steps); slot 1: env 1's episode 1 (10 steps).
+    assert s[PROPRIOCEPTION][0, :4].tolist() == [[0, 0], [0, 1], [0, 2], [0, 3]]
+    assert s[PROPRIOCEPTION][1, :11, 1].tolist() == [float(i) for i in range(11)]
+    assert (s[PROPRIOCEPTION][1, :11, 0] == 1).all()
+    assert (s[PIXELS][1, :11, 1, 0, 0] == torch.arange(11, dtype=torch.uint8)).all()

@@ -214,6 +214,12 @@ class EpisodeReplay:
                 continue
             self.staging[key][envs, steps] = obs[key][envs].to(self.device)
 
+    def _write_all(self, step: int, obs: dict) -> None:
+        """All envs at the same step (Fetch's fixed-length episodes): one slice copy per key."""
+        for key in self.spec.obs_shapes:
+            if key != DESIRED_GOAL:
+                self.staging[key][:, step].copy_(obs[key])
+
     def start_episodes(self, obs: dict[str, torch.Tensor], envs=None) -> None:
         """Stage the first observation of a new episode for `envs` (all if None).
 
@@ -255,13 +261,17 @@ class EpisodeReplay:
                 f"an episode ran past max_episode_steps={T} without ending; the replay's "
                 "episode length does not match the env"
             )
-        envs = torch.arange(self.spec.n_envs, device=self.device)
-        steps = torch.as_tensor(self.staged_steps, device=self.device)
-        self.staging["actions"][envs, steps] = torch.as_tensor(
-            action, dtype=torch.float32, device=self.device
-        )
+        action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
         next_obs = {k: torch.as_tensor(v, device=self.device) for k, v in next_obs.items()}
-        self._write_step(envs, steps + 1, next_obs)
+        if (self.staged_steps == self.staged_steps[0]).all():
+            step = int(self.staged_steps[0])
+            self.staging["actions"][:, step].copy_(action)
+            self._write_all(step + 1, next_obs)
+        else:
+            envs = torch.arange(self.spec.n_envs, device=self.device)
+            steps = torch.as_tensor(self.staged_steps, device=self.device)
+            self.staging["actions"][envs, steps] = action
+            self._write_step(envs, steps + 1, next_obs)
         self.staged_steps += 1
         ended = np.flatnonzero(done)
         if len(ended):

@@ -1,0 +1,321 @@
+"""The fps comparison: pixelrl against the seeds' SB3 pipeline at the same settings.
+
+    pip install -e .[bench]
+    python benchmarks/fps.py                  # short: a few minutes on a 2-core CPU
+    python benchmarks/fps.py --long           # longer phases, batch 256, two rounds
+    python benchmarks/fps.py --device cuda --n-envs 8 --batch-size 256 --long
+
+Each (implementation, render path) runs in its own subprocess, in alternating order
+(pixelrl native, SB3 native, pixelrl 480-resize, SB3 480-resize, ...), through its real
+training entry point: pixelrl's `Trainer.run` and SB3's `SAC.learn`, with the same n_envs,
+batch, replay ratio, encoder, HER k, DrQ setting and render path. From one run each:
+
+    collection fps  env steps/s before learning starts: random actions, env stepping
+                    (simulation + render + IPC), storing, frame stacking; no updates
+    update-only     SAC updates/s sampling from the filled HER replay, no env
+    end-to-end fps  env steps/s once learning runs (acting + stepping + storing + updates)
+    peak memory     peak RSS of the learner process, and of the largest env worker
+
+pixelrl's side runs with OMP_WAIT_POLICY=PASSIVE, as train.py sets it; SB3's with its defaults.
+
+Rates come from a timeline of (env step, time), so start-up (spawning workers, allocating
+the replay) is not counted for either side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rate(timeline: list[tuple[int, float]], start_step: int, end_step: int) -> float:
+    """Env steps per second between the first points at or after start_step and end_step."""
+    points = [p for p in timeline if start_step <= p[0] <= end_step]
+    if len(points) < 2:
+        return float("nan")
+    (s0, t0), (s1, t1) = points[0], points[-1]
+    return (s1 - s0) / (t1 - t0)
+
+
+class WorkerMemory(threading.Thread):
+    """Peak RSS (VmHWM) of the env worker processes, read from /proc while they run.
+
+    (getrusage's children figure would count each worker's fork of the learner before exec.)
+    """
+
+    def __init__(self, pids):
+        super().__init__(daemon=True)
+        self.pids, self.peak_kb, self.stop = pids, {}, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            for pid in self.pids():
+                try:
+                    with open(f"/proc/{pid}/status") as f:
+                        for line in f:
+                            if line.startswith("VmHWM:"):
+                                kb = int(line.split()[1])
+                                self.peak_kb[pid] = max(kb, self.peak_kb.get(pid, 0))
+                except OSError:
+                    pass
+            self.stop.wait(0.25)
+
+    def finish(self) -> float:
+        self.stop.set()
+        self.join()
+        return max(self.peak_kb.values(), default=0) / 1024
+
+
+def _updates_per_second(update, seconds: float, sync) -> float:
+    update()
+    sync()
+    count, start = 0, time.perf_counter()
+    while count < 3 or time.perf_counter() - start < seconds:
+        update()
+        count += 1
+    sync()
+    return count / (time.perf_counter() - start)
+
+
+def run_pixelrl(a) -> dict:
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from pixelrl.config import (
+        EnvConfig,
+        NetworkConfig,
+        ReplayConfig,
+        RunConfig,
+        SACConfig,
+        TrainConfig,
+    )
+    from pixelrl.trainer import Trainer, run_directory
+
+    runs = tempfile.mkdtemp(prefix="pixelrl_fps_")
+    cfg = TrainConfig(
+        env=EnvConfig(
+            env_id=a.env_id,
+            n_envs=a.n_envs,
+            native_render=a.render == "native",
+            vector="async" if a.n_envs > 1 else "sync",
+        ),
+        replay=ReplayConfig(buffer_size=a.buffer_size, her_n_sampled_goal=a.her_k, drq=a.drq),
+        network=NetworkConfig(encoder=a.encoder),
+        sac=SACConfig(
+            batch_size=a.batch_size,
+            gradient_steps=a.gradient_steps,
+            learning_starts=a.learning_starts,
+        ),
+        run=RunConfig(
+            total_steps=a.learning_starts + a.learn_steps,
+            device=a.device,
+            log_interval=5 * a.n_envs,
+            checkpoint_freq=10**9,
+            save_buffer=False,
+            runs_dir=runs,
+            progress=False,
+        ),
+    )
+    trainer = Trainer(cfg)
+    memory = WorkerMemory(
+        lambda: [
+            p.pid
+            for p in getattr(getattr(getattr(trainer, "venv", None), "envs", None), "processes", [])
+        ]
+    )
+    memory.start()
+    assert trainer.run() == 0
+    worker_mb = memory.finish()
+    events = EventAccumulator(str(run_directory(cfg)), size_guidance={"scalars": 0})
+    events.Reload()
+    timeline = [(e.step, e.wall_time) for e in events.Scalars("time/fps")]
+    device = trainer.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    agent, replay = trainer.agent, trainer.replay
+    updates = _updates_per_second(
+        lambda: agent.update(replay.sample(a.batch_size)), a.update_seconds, sync
+    )
+    return {"timeline": timeline, "updates_per_s": updates, "worker_mb": worker_mb}
+
+
+def run_sb3(a) -> dict:
+    import torch
+    from sb3_pipeline import make_sb3_pipeline
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Timeline(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.points = []
+
+        def _on_step(self) -> bool:
+            self.points.append((self.num_timesteps, time.time()))
+            return True
+
+    model = make_sb3_pipeline(
+        a.env_id,
+        n_envs=a.n_envs,
+        native_render=a.render == "native",
+        vec_env=a.vec_env,
+        buffer_size=a.buffer_size,
+        her_n_sampled_goal=a.her_k,
+        batch_size=a.batch_size,
+        learning_starts=a.learning_starts,
+        gradient_steps=a.gradient_steps,
+        drq=a.drq,
+        device=a.device,
+    )
+    timeline = Timeline()
+    memory = WorkerMemory(lambda: [p.pid for p in getattr(model.env, "processes", [])])
+    memory.start()
+    model.learn(a.learning_starts + a.learn_steps, callback=timeline)
+    sync = torch.cuda.synchronize if "cuda" in str(model.device) else (lambda: None)
+    # HER asks the workers for compute_reward, so they stay up until the updates are timed.
+    updates = _updates_per_second(
+        lambda: model.train(gradient_steps=1, batch_size=a.batch_size), a.update_seconds, sync
+    )
+    worker_mb = memory.finish()
+    model.env.close()
+    return {"timeline": timeline.points, "updates_per_s": updates, "worker_mb": worker_mb}
+
+
+def worker(a) -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if a.worker == "pixelrl":
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as train.py sets it
+    sys.path.insert(0, str(HERE))
+    result = run_pixelrl(a) if a.worker == "pixelrl" else run_sb3(a)
+    timeline = result.pop("timeline")
+    # Collection: the second half of the random phase; end to end: after the first updates.
+    result["collection_fps"] = _rate(timeline, a.learning_starts // 2, a.learning_starts)
+    warm = a.learning_starts + 5 * a.n_envs
+    result["end_to_end_fps"] = _rate(timeline, warm, a.learning_starts + a.learn_steps)
+    result["learner_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--long", action="store_true", help="longer phases, batch 256, two rounds")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--env-id", default="FetchPush-v4")
+    p.add_argument("--n-envs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 (256 with --long)")
+    p.add_argument(
+        "--gradient-steps",
+        type=int,
+        default=1,
+        help="updates per vector step (1 = the seeds' replay ratio)",
+    )
+    p.add_argument("--her-k", type=int, default=8)
+    p.add_argument("--encoder", default="manip")
+    p.add_argument("--drq", action="store_true")
+    p.add_argument("--buffer-size", type=int, default=20_000)
+    p.add_argument(
+        "--vec-env",
+        choices=["subproc", "dummy"],
+        default="subproc",
+        help="SB3 vector env: subproc (stronger) or dummy (the seeds' default)",
+    )
+    p.add_argument("--learning-starts", type=int, default=None)
+    p.add_argument("--learn-steps", type=int, default=None)
+    p.add_argument("--update-seconds", type=float, default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--renders", nargs="+", default=["native", "resize"])
+    p.add_argument("--worker", choices=["pixelrl", "sb3"], help=argparse.SUPPRESS)
+    p.add_argument("--render", choices=["native", "resize"], help=argparse.SUPPRESS)
+    a = p.parse_args()
+    a.batch_size = a.batch_size or (256 if a.long else 64)
+    a.learning_starts = a.learning_starts or (2000 if a.long else 400)
+    a.learn_steps = a.learn_steps or (800 if a.long else 100)
+    a.update_seconds = a.update_seconds or (30.0 if a.long else 8.0)
+    a.rounds = a.rounds or (2 if a.long else 1)
+    if a.worker:
+        worker(a)
+        return
+
+    forwarded = [
+        f"--{k.replace('_', '-')}={v}"
+        for k, v in vars(a).items()
+        if k not in ("long", "worker", "render", "renders", "rounds", "drq") and v is not None
+    ]
+    if a.drq:
+        forwarded.append("--drq")
+    print(
+        f"# fps: {a.env_id}, n_envs {a.n_envs}, batch {a.batch_size}, {a.gradient_steps} "
+        f"update(s) per vector step, encoder {a.encoder}, HER k={a.her_k}, "
+        f"DrQ {'on' if a.drq else 'off'}, SB3 {a.vec_env} vec env, device {a.device}; "
+        f"{a.learning_starts} collection steps, {a.learn_steps} learning steps, "
+        f"{a.rounds} round(s); {platform.machine()}, {os.cpu_count()} cores",
+        flush=True,
+    )
+    results: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(a.rounds):
+        for render in a.renders:
+            for impl in ("pixelrl", "sb3"):
+                start = time.perf_counter()
+                proc = subprocess.run(
+                    [
+                        sys.executable,
+                        __file__,
+                        *forwarded,
+                        f"--worker={impl}",
+                        f"--render={render}",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode != 0 or not lines:
+                    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                    raise SystemExit(f"{impl} {render} failed")
+                result = json.loads(lines[-1][len("RESULT ") :])
+                results.setdefault((impl, render), []).append(result)
+                print(
+                    f"  {impl:7s} {render:6s}: collection {result['collection_fps']:.1f} "
+                    f"fps, updates {result['updates_per_s']:.3f}/s, end-to-end "
+                    f"{result['end_to_end_fps']:.1f} fps ({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
+
+    def median(impl, render, key):
+        return statistics.median(r[key] for r in results[(impl, render)])
+
+    label = {"native": "native 84", "resize": "480 + PIL resize"}
+    keys = ("collection_fps", "updates_per_s", "end_to_end_fps")
+    print(
+        "\n| implementation | render path | collection fps | updates/s | end-to-end fps "
+        "| peak learner MB | peak worker MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for impl, render in results:
+        name = "pixelrl" if impl == "pixelrl" else f"SB3 ({a.vec_env})"
+        row = [f"{median(impl, render, k):.2f}" for k in keys]
+        row += [f"{median(impl, render, k):.0f}" for k in ("learner_mb", "worker_mb")]
+        print(f"| {name} | {label[render]} | " + " | ".join(row) + " |")
+    print("\n| comparison (pixelrl / SB3) | collection | update | end-to-end |")
+    print("|---|---|---|---|")
+    pairs = [(f"equal render path: {label[r]}", r, r) for r in a.renders]
+    if "native" in a.renders and "resize" in a.renders:
+        pairs.append(
+            ("pixelrl native 84 vs SB3 480-resize (the seeds' default)", "native", "resize")
+        )
+    for name, ours, theirs in pairs:
+        ratios = [median("pixelrl", ours, k) / median("sb3", theirs, k) for k in keys]
+        print(f"| {name} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+
+
+if __name__ == "__main__":
+    main()

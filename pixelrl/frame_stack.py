@@ -1,0 +1,36 @@
+"""Frame stacks for acting, kept on the learner's device (the workers return single frames)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class FrameStack:
+    """Stacks of the last k frames per env for acting, kept on the learner's device.
+
+    A new episode starts with k copies of its first frame (as the replay's gather does);
+    the newest frame is last: `stacked()[:, -3:]` is the current frame.
+    """
+
+    def __init__(self, num_envs: int, k: int, frame_shape: tuple[int, ...], device):
+        self.k = k
+        self.frames = torch.zeros((num_envs, k, *frame_shape), dtype=torch.uint8, device=device)
+
+    def reset(self, frames: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Fill every slot with `frames` (N, 3, H, W) where `mask` (N,) is true (all if None)."""
+        fill = frames.unsqueeze(1).expand_as(self.frames)
+        if mask is None:
+            self.frames.copy_(fill)
+        else:
+            self.frames[mask] = fill[mask]
+
+    def push(self, frames: torch.Tensor, new_episode: torch.Tensor | None = None) -> None:
+        """Append the newest frames; envs flagged in `new_episode` restart their stack."""
+        self.frames = torch.cat([self.frames[:, 1:], frames.unsqueeze(1)], dim=1)
+        if new_episode is not None and bool(new_episode.any()):
+            self.reset(frames, new_episode)
+
+    def stacked(self) -> torch.Tensor:
+        """(N, 3*k, H, W) uint8, oldest frame first."""
+        n, k, c, h, w = self.frames.shape
+        return self.frames.reshape(n, k * c, h, w)
