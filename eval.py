@@ -27,7 +27,7 @@ import tyro
 from pixelrl.checkpoint import load_checkpoint, resolve_checkpoint
 from pixelrl.config import ConfigError
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, FetchVectorEnv
-from pixelrl.frame_stack import FrameStack
+from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.trainer import build_agent, describe_env, load_config, resolve_device
 
 
@@ -106,11 +106,7 @@ def evaluate(args: EvalArgs) -> dict:
             frames.append(viewer.render_view(args.video_size))
         returns = np.zeros(n)
         while len(results["success"]) < args.episodes:
-            policy_obs = {
-                k: torch.as_tensor(v, device=device) for k, v in obs.items() if k != PIXELS
-            }
-            if stack is not None:
-                policy_obs[PIXELS] = stack.stacked()
+            policy_obs = policy_observation(obs, stack, device)
             actions = agent.act(policy_obs, deterministic=True).cpu().numpy()
             step = venv.step(actions)
             returns += step.reward

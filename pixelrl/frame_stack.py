@@ -34,3 +34,11 @@ class FrameStack:
         """(N, 3*k, H, W) uint8, oldest frame first."""
         n, k, c, h, w = self.frames.shape
         return self.frames.reshape(n, k * c, h, w)
+
+
+def policy_observation(obs: dict, stack: FrameStack | None, device) -> dict[str, torch.Tensor]:
+    """What the policy acts on: the env's vectors on `device`, pixels replaced by the stacks."""
+    out = {k: torch.as_tensor(v, device=device) for k, v in obs.items() if k != "pixels"}
+    if stack is not None:
+        out["pixels"] = stack.stacked()
+    return out

@@ -36,7 +36,7 @@ from pixelrl.envs import (
     policy_keys,
     reward_params,
 )
-from pixelrl.frame_stack import FrameStack
+from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.logger import Logger
 
 STATS_WINDOW = 100  # episodes in rollout/* means, as SB3's ep_info_buffer
@@ -195,12 +195,6 @@ class Trainer:
         self.stop_requested = False
 
     # ------------------------------------------------------------------ helpers
-    def _policy_obs(self, obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        out = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items() if k != PIXELS}
-        if self.stack is not None:
-            out[PIXELS] = self.stack.stacked()
-        return out
-
     def _request_stop(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C: stop now
             raise KeyboardInterrupt
@@ -343,7 +337,8 @@ class Trainer:
             if c["env_step"] < sac.learning_starts:
                 actions = self.venv.random_actions()
             else:
-                actions = self.agent.act(self._policy_obs(obs)).cpu().numpy()
+                actions = self.agent.act(policy_observation(obs, self.stack, self.device))
+                actions = actions.cpu().numpy()
             # 2-3. Step the workers; update while they step.
             if run.overlap:
                 self.venv.step_async(actions)
