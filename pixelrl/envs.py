@@ -193,6 +193,10 @@ class FetchObservation(gym.Wrapper):
         raw, info = self.env.reset(**kwargs)
         return self.observe(raw), info
 
+    def step(self, action):
+        raw, reward, terminated, truncated, info = self.env.step(action)
+        return self.observe(raw), reward, terminated, truncated, info
+
     # Exact resume: the full simulator state of an env, so that a resumed run continues the
     # very same episode. Fetch's reset does not clear everything (the gripper's mocap target
     # carries over between episodes), hence the whole MuJoCo integration state, not a seed.
@@ -224,6 +228,18 @@ class FetchObservation(gym.Wrapper):
         return self.observe(base._get_obs())
 
     pending_sim_state: dict | None = None
+
+    def apply_pending_sim_state(self) -> dict[str, np.ndarray]:
+        state, self.pending_sim_state = self.pending_sim_state, None
+        return self.set_sim_state(state)
+
+    def _time_limit(self) -> gym.wrappers.TimeLimit:
+        env = self.env
+        while not isinstance(env, gym.wrappers.TimeLimit):
+            env = env.env
+        return env
+
+    # A larger view for videos (eval.py), rendered in the process that owns the env.
     _view = None
 
     def render_view(self, size: int = 480) -> np.ndarray:
@@ -259,25 +275,11 @@ class FetchObservation(gym.Wrapper):
         finally:
             base.model.site_rgba[site, 3] = alpha
 
-    def apply_pending_sim_state(self) -> dict[str, np.ndarray]:
-        state, self.pending_sim_state = self.pending_sim_state, None
-        return self.set_sim_state(state)
-
     def close(self):
         if self._view is not None:
             self._view.close()
             self._view = None
         super().close()
-
-    def _time_limit(self) -> gym.wrappers.TimeLimit:
-        env = self.env
-        while not isinstance(env, gym.wrappers.TimeLimit):
-            env = env.env
-        return env
-
-    def step(self, action):
-        raw, reward, terminated, truncated, info = self.env.step(action)
-        return self.observe(raw), reward, terminated, truncated, info
 
 
 def make_fetch_env(cfg: EnvConfig) -> FetchObservation:
