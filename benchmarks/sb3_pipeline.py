@@ -149,6 +149,10 @@ class DrQv2SACPolicy(SACPolicy):
         )
 
 
+# The seeds' networks for SB3's SAC: ManipulationExtractor features, 256-256 heads.
+POLICY_KWARGS = {"features_extractor_class": ManipulationExtractor, "net_arch": [256, 256]}
+
+
 class _SpaceOnlyEnv(gym.Env):
     """An env that only carries spaces: SB3's SAC needs one to build its policy."""
 
@@ -187,7 +191,7 @@ def make_sb3_sac(
         batch_size=batch_size,
         buffer_size=buffer_size,
         replay_buffer_class=DictReplayBuffer,
-        policy_kwargs={"features_extractor_class": ManipulationExtractor, "net_arch": [256, 256]},
+        policy_kwargs=POLICY_KWARGS,
         device=device,
         verbose=0,
     )
@@ -310,7 +314,7 @@ def make_sb3_pipeline(
             "n_sampled_goal": her_n_sampled_goal,
             "goal_selection_strategy": "future",
         },
-        policy_kwargs={"features_extractor_class": ManipulationExtractor, "net_arch": [256, 256]},
+        policy_kwargs=POLICY_KWARGS,
         device=device,
         seed=seed,
         verbose=0,

@@ -78,16 +78,32 @@ def cli(cfg: TrainConfig) -> list[str]:
     return args
 
 
+def _script_env() -> dict:
+    return {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+
+
 def run_script(script: str, args: list[str], timeout: float = 300, **kwargs):
-    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args],
         cwd=ROOT,
-        env=env,
+        env=_script_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
         **kwargs,
+    )
+
+
+def start_train(cfg: TrainConfig, capture: bool) -> subprocess.Popen:
+    """train.py in the background (to signal or kill it)."""
+    stream = subprocess.PIPE if capture else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *cli(cfg)],
+        cwd=ROOT,
+        env=_script_env(),
+        stdout=stream,
+        stderr=stream,
+        text=True,
     )
 
 
@@ -211,14 +227,7 @@ def _wait_for(predicate, timeout, proc):
 def test_sigkill_resumes_from_last_checkpoint_and_corrupt_newest_is_skipped(tmp_path):
     cfg = tiny(tmp_path, pixels=False, total_steps=100_000, checkpoint_freq=200)
     run_dir = run_directory(cfg)
-    env = {**os.environ, "MUJOCO_GL": "egl"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *cli(cfg)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_train(cfg, capture=False)
     try:
         assert _wait_for(lambda: len(list_checkpoints(run_dir)) >= 3, 240, proc)
     finally:
@@ -244,15 +253,7 @@ def test_sigkill_resumes_from_last_checkpoint_and_corrupt_newest_is_skipped(tmp_
 def test_sigint_writes_a_checkpoint_and_exits_0(tmp_path):
     cfg = tiny(tmp_path, pixels=False, total_steps=100_000, checkpoint_freq=50_000)
     run_dir = run_directory(cfg)
-    env = {**os.environ, "MUJOCO_GL": "egl"}
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), *cli(cfg)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_train(cfg, capture=True)
     try:
         assert _wait_for(lambda: list(run_dir.glob("events.out.*")), 120, proc)
         time.sleep(3)  # let it train a little
