@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import numpy as np
 import torch
+from timing import calls_per_second
 
 from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
 from pixelrl.config import ReplayConfig
@@ -104,17 +104,6 @@ def fill_sb3(data, T, k):
     return buffer
 
 
-def rate(sample, seconds: float, sync=lambda: None) -> float:
-    sample()  # warm-up
-    sync()
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        sample()
-        count += 1
-    sync()
-    return count / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=200)
@@ -135,8 +124,8 @@ def main() -> None:
     rows = []
     plain = fill_pixelrl(data, T, k, device, drq=False)
     drq = fill_pixelrl(data, T, k, device, drq=True)
-    ours = rate(lambda: plain.sample(B), args.seconds, sync)
-    ours_drq = rate(lambda: drq.sample(B), args.seconds, sync)
+    ours = calls_per_second(lambda: plain.sample(B), args.seconds, sync)
+    ours_drq = calls_per_second(lambda: drq.sample(B), args.seconds, sync)
     rows.append(
         ("pixelrl EpisodeReplay", plain.bytes_per_transition, f"{ours:.1f}", f"{ours_drq:.1f}")
     )
@@ -145,7 +134,7 @@ def main() -> None:
         from sb3_pipeline import sb3_bytes_per_transition
 
         buffer = fill_sb3(data, T, k)
-        sb3 = rate(lambda: buffer.sample(B), args.seconds)
+        sb3 = calls_per_second(lambda: buffer.sample(B), args.seconds)
         rows.append(("SB3 HerReplayBuffer", sb3_bytes_per_transition(buffer), f"{sb3:.1f}", "-"))
     print("| buffer | bytes/transition | batches/s HER+stack | batches/s HER+stack+DrQ |")
     print("|---|---|---|---|")

@@ -78,20 +78,10 @@ class WorkerMemory(threading.Thread):
         return max(self.peak_kb.values(), default=0) / 1024
 
 
-def _updates_per_second(update, seconds: float, sync) -> float:
-    update()
-    sync()
-    count, start = 0, time.perf_counter()
-    while count < 3 or time.perf_counter() - start < seconds:
-        update()
-        count += 1
-    sync()
-    return count / (time.perf_counter() - start)
-
-
 def run_pixelrl(a) -> dict:
     import torch
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from timing import calls_per_second
 
     from pixelrl.config import (
         EnvConfig,
@@ -144,8 +134,8 @@ def run_pixelrl(a) -> dict:
     device = trainer.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     agent, replay = trainer.agent, trainer.replay
-    updates = _updates_per_second(
-        lambda: agent.update(replay.sample(a.batch_size)), a.update_seconds, sync
+    updates = calls_per_second(
+        lambda: agent.update(replay.sample(a.batch_size)), a.update_seconds, sync, min_calls=3
     )
     return {"timeline": timeline, "updates_per_s": updates, "worker_mb": worker_mb}
 
@@ -154,6 +144,7 @@ def run_sb3(a) -> dict:
     import torch
     from sb3_pipeline import make_sb3_pipeline
     from stable_baselines3.common.callbacks import BaseCallback
+    from timing import calls_per_second
 
     class Timeline(BaseCallback):
         def __init__(self):
@@ -183,8 +174,11 @@ def run_sb3(a) -> dict:
     model.learn(a.learning_starts + a.learn_steps, callback=timeline)
     sync = torch.cuda.synchronize if "cuda" in str(model.device) else (lambda: None)
     # HER asks the workers for compute_reward, so they stay up until the updates are timed.
-    updates = _updates_per_second(
-        lambda: model.train(gradient_steps=1, batch_size=a.batch_size), a.update_seconds, sync
+    updates = calls_per_second(
+        lambda: model.train(gradient_steps=1, batch_size=a.batch_size),
+        a.update_seconds,
+        sync,
+        min_calls=3,
     )
     worker_mb = memory.finish()
     model.env.close()

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import time
 
 import torch
+from timing import calls_per_second
 
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import Batch
@@ -52,17 +52,6 @@ def make_batch(b: int, device) -> Batch:
     )
 
 
-def rate(step, seconds: float, sync, min_steps: int = 3) -> float:
-    step()  # warm-up
-    sync()
-    count, start = 0, time.perf_counter()
-    while count < min_steps or time.perf_counter() - start < seconds:
-        step()
-        count += 1
-    sync()
-    return count / (time.perf_counter() - start)
-
-
 def sb3_rate(batch: Batch, seconds: float, device) -> float:
     from sb3_pipeline import make_sb3_sac, stacked_pixel_space
     from stable_baselines3.common.type_aliases import DictReplayBufferSamples
@@ -77,8 +66,10 @@ def sb3_rate(batch: Batch, seconds: float, device) -> float:
         discounts=None,
     )
     model.replay_buffer.sample = lambda *args, **kwargs: samples
-    return rate(
-        lambda: model.train(gradient_steps=1, batch_size=len(batch.action)), seconds, lambda: None
+    return calls_per_second(
+        lambda: model.train(gradient_steps=1, batch_size=len(batch.action)),
+        seconds,
+        min_calls=3,
     )
 
 
@@ -110,7 +101,9 @@ def main() -> None:
             SACConfig(),
             device,
         )
-        results[f"pixelrl {encoder}"] = rate(lambda a=agent: a.update(batch), args.seconds, sync)
+        results[f"pixelrl {encoder}"] = calls_per_second(
+            lambda a=agent: a.update(batch), args.seconds, sync, min_calls=3
+        )
         print(f"  pixelrl {encoder}: {results[f'pixelrl {encoder}']:.3f} updates/s", flush=True)
     if not args.no_sb3:
         results["SB3 DrQv2SACPolicy manip"] = sb3_rate(batch, args.seconds, device)

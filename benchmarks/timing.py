@@ -1,0 +1,20 @@
+"""Calls per second of a function, shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import time
+
+
+def calls_per_second(fn, seconds: float, sync=lambda: None, min_calls: int = 0) -> float:
+    """One warm-up call, then as many calls as fit in `seconds` (at least `min_calls`).
+
+    `sync` waits for queued device work (torch.cuda.synchronize on CUDA) at both ends.
+    """
+    fn()
+    sync()
+    count, start = 0, time.perf_counter()
+    while count < min_calls or time.perf_counter() - start < seconds:
+        fn()
+        count += 1
+    sync()
+    return count / (time.perf_counter() - start)
