@@ -26,9 +26,10 @@ import tyro
 
 from pixelrl.checkpoint import load_checkpoint, resolve_checkpoint
 from pixelrl.config import ConfigError
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, FetchVectorEnv
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
 from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.trainer import build_agent, describe_env, load_config, resolve_device
+from pixelrl.vector_env import FetchVectorEnv
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,8 @@ def evaluate(args: EvalArgs) -> dict:
     )
     cfg = dataclasses.replace(cfg, env=env_cfg)
     device = resolve_device(args.device)
-    _, obs_space, action_space = describe_env(env_cfg)
-    agent = build_agent(cfg, obs_space, action_space, device)
+    spec, obs_space, action_space = describe_env(env_cfg)
+    agent = build_agent(cfg, spec, obs_space, action_space, device)
     agent.load_state(state["agent"])
     agent.eval()
     seed = args.seed if args.seed is not None else cfg.run.seed + 10_000
@@ -101,7 +102,7 @@ def evaluate(args: EvalArgs) -> dict:
         if PIXELS in obs:
             stack = FrameStack(n, env_cfg.frame_stack, obs[PIXELS].shape[1:], device)
             stack.reset(torch.as_tensor(obs[PIXELS], device=device))
-        viewer = venv.envs.envs[0] if args.video else None
+        viewer = venv.local_env(0) if args.video else None
         if viewer is not None:
             frames.append(viewer.render_view(args.video_size))
         returns = np.zeros(n)

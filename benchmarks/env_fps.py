@@ -16,7 +16,7 @@ import time
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from pixelrl.config import EnvConfig  # noqa: E402
-from pixelrl.envs import FetchVectorEnv  # noqa: E402
+from pixelrl.vector_env import FetchVectorEnv  # noqa: E402
 
 
 def measure(cfg: EnvConfig, vector_steps: int, warmup: int = 20) -> float:

@@ -61,20 +61,26 @@ def save_checkpoint(run_dir, step: int, state: dict, meta: dict, replay=None) ->
     tmp = root / f".tmp{PREFIX}{step:012d}.{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir()
-    torch.save(state, tmp / "state.pt")
-    if replay is not None:
-        replay.save(tmp / "replay")
-    files = {}
-    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
-        _fsync_file(path)
-        files[str(path.relative_to(tmp))] = path.stat().st_size
-    meta = {**meta, "step": step, "replay_saved": replay is not None, "files": files}
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    _fsync_file(tmp / "meta.json")
-    for sub in [tmp / "replay"] if replay is not None else []:
-        _fsync_dir(sub)
-    _fsync_dir(tmp)
+    try:
+        tmp.mkdir()
+        torch.save(state, tmp / "state.pt")
+        if replay is not None:
+            replay.save(tmp / "replay")
+        files = {}
+        for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+            _fsync_file(path)
+            files[str(path.relative_to(tmp))] = path.stat().st_size
+        meta = {**meta, "step": step, "replay_saved": replay is not None, "files": files}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        _fsync_file(tmp / "meta.json")
+        for sub in [tmp / "replay"] if replay is not None else []:
+            _fsync_dir(sub)
+        _fsync_dir(tmp)
+    except BaseException:
+        # Disk full, no permission, interrupted: the previous checkpoints are untouched; the
+        # half-written one goes, so that it takes no space and is never mistaken for one.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # the same step saved again (a final checkpoint after a periodic one)
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -20,6 +20,7 @@ OBS_MODES = ("pixels", "full-state", "no-pixels")
 GOAL_MODES = ("none", "desired", "both")
 ENCODERS = ("nature", "manip", "drqv2")
 ENCODER_GRADS = ("critic", "actor", "separate")
+NEXT_OBS_ENCODERS = ("target", "online", "split")
 HER_STRATEGIES = ("future", "final", "episode")
 MIN_IMAGE_SIZE = 32
 
@@ -59,6 +60,10 @@ class EnvConfig:
     show_goal: bool = False
     """Draw the goal marker (site target0) in the image. Off by default: HER relabels the goal
     vector, and an image showing the original goal would contradict it."""
+    proprioception: bool = True
+    """Pixels mode: give the networks the robot's proprioception. --no-proprioception leaves
+    pixels and goals only (the seeds' runs without --proprio); with --goal-mode desired the
+    networks must then find the gripper in the image."""
     frame_stack: int = 4
     """Frames stacked for the policy (on the learner's device; workers return single frames)."""
     n_envs: int = 4
@@ -112,6 +117,16 @@ class NetworkConfig:
     drqv2). SpatialSoftmax always gives 2 x 32 = 64."""
     hidden_sizes: tuple[int, ...] = (256, 256)
     """Hidden layer sizes of the actor and critic MLPs."""
+    normalize_obs: bool = True
+    """Scale every vector input (proprioception, state, goals) per dimension by running mean
+    and std of the sampled batches, clipped to +-obs-norm-clip; achieved and desired goals share
+    one set of statistics. Without it, image features drown the centimetre-scale vectors
+    (--no-normalize-obs: the seeds' raw vectors)."""
+    obs_norm_clip: float = 5.0
+    """Normalized vector inputs are clipped to [-obs_norm_clip, obs_norm_clip]."""
+    obs_norm_freeze_after: int | None = None
+    """Stop updating the normalization statistics after this many sampled batches (default:
+    never; 1 keeps the first batch's statistics)."""
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,8 @@ class SACConfig:
 
     learning_rate: float = 1e-4
     """Adam learning rate of actor, critic (and encoder) and entropy coefficient."""
+    encoder_lr: float | None = None
+    """Adam learning rate of the image encoder (default: --learning-rate)."""
     gamma: float = 0.95
     """Discount factor."""
     tau: float = 0.005
@@ -131,6 +148,14 @@ class SACConfig:
     encoder_grad: Literal["critic", "actor", "separate"] = "critic"
     """Which loss trains the image encoder: critic (DrQ-v2: shared encoder in the critic
     optimizer), actor (SB3 share_features_extractor=True), separate (SB3 default: one each)."""
+    clip_q_target: bool = False
+    """Clip the critic target to the range of possible returns, [r_min, r_max] / (1 - gamma):
+    [-1/(1-gamma), 0] for Fetch's sparse rewards (OpenAI baselines' HER clips the same way).
+    Dense rewards have no lower bound, so only the upper bound 0 applies."""
+    next_obs_encoder: Literal["target", "online", "split"] = "target"
+    """Which encoder reads the next observation: target (the Polyak-averaged copy, for both the
+    target Q and the next action), online (the trained encoder, no gradient, for both: DrQ-v2),
+    split (target for the target Q, online for the next action: SB3)."""
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1
@@ -168,6 +193,11 @@ class RunConfig:
     """Run the update while the workers step (--no-overlap: strictly sequential)."""
     progress: bool = True
     """Show a progress bar on the terminal."""
+    worker_timeout: float = 120.0
+    """Seconds an env worker may take to answer before it counts as hung and is replaced."""
+    max_worker_restarts_per_hour: int = 20
+    """Env worker failures (death, hang, exception) tolerated per hour; each one restarts that
+    env with a new episode. One more stops the run with a checkpoint and exit code 1."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +234,11 @@ def validate_env_config(cfg: EnvConfig) -> None:
     if not cfg.native_render and cfg.render_size < cfg.image_size:
         raise ConfigError(
             f"--render-size {cfg.render_size} is smaller than --image-size {cfg.image_size}"
+        )
+    if not cfg.proprioception and cfg.obs_mode != "pixels":
+        raise ConfigError(
+            f"--no-proprioception needs the pixels mode; --{cfg.obs_mode} "
+            + ("has no proprioception key" if cfg.full_state else "would leave the goals only")
         )
     if cfg.frame_stack < 1:
         raise ConfigError(f"--frame-stack {cfg.frame_stack}: must be >= 1")
@@ -258,15 +293,24 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--encoder {n.encoder!r}: choose one of {_choices(ENCODERS)}")
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
+    if n.obs_norm_clip <= 0:
+        raise ConfigError(f"--obs-norm-clip {n.obs_norm_clip}: must be > 0")
+    if n.obs_norm_freeze_after is not None and n.obs_norm_freeze_after < 1:
+        raise ConfigError(f"--obs-norm-freeze-after {n.obs_norm_freeze_after}: must be >= 1")
     if not n.hidden_sizes or min(n.hidden_sizes) < 1:
         raise ConfigError(f"--hidden-sizes {n.hidden_sizes}: give one or more sizes >= 1")
     if s.encoder_grad not in ENCODER_GRADS:
         raise ConfigError(
             f"--encoder-grad {s.encoder_grad!r}: choose one of {_choices(ENCODER_GRADS)}"
         )
+    if s.next_obs_encoder not in NEXT_OBS_ENCODERS:
+        choices = _choices(NEXT_OBS_ENCODERS)
+        raise ConfigError(f"--next-obs-encoder {s.next_obs_encoder!r}: choose one of {choices}")
     parse_ent_coef(s.ent_coef)
     if s.learning_rate <= 0:
         raise ConfigError(f"--learning-rate {s.learning_rate}: must be > 0")
+    if s.encoder_lr is not None and s.encoder_lr <= 0:
+        raise ConfigError(f"--encoder-lr {s.encoder_lr}: must be > 0")
     if not 0.0 <= s.gamma <= 1.0:
         raise ConfigError(f"--gamma {s.gamma}: must be in [0, 1]")
     if not 0.0 < s.tau <= 1.0:
@@ -281,6 +325,12 @@ def validate(cfg: TrainConfig) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be >= 1")
+    if run.max_worker_restarts_per_hour < 0:
+        raise ConfigError(
+            f"--max-worker-restarts-per-hour {run.max_worker_restarts_per_hour}: must be >= 0"
+        )
+    if run.worker_timeout <= 0:
+        raise ConfigError(f"--worker-timeout {run.worker_timeout}: must be > 0")
     if s.learning_starts < 0:
         raise ConfigError(f"--learning-starts {s.learning_starts}: must be >= 0")
     if run.device != "auto" and not (

@@ -1,27 +1,26 @@
-"""Fetch tasks as the observations pixelrl learns from, rendered in parallel worker processes.
+"""Fetch tasks as the observations pixelrl learns from.
 
-Data flow: N worker processes (gymnasium AsyncVectorEnv, shared memory, spawn), each with its
-own MuJoCo EGL context, return ONE frame per env per step as uint8 (3, H, W) together with the
-robot's proprioception and both goal vectors. Frame stacking for acting happens on the learner
-side (`pixelrl.frame_stack.FrameStack`, on the learner's device); the replay stores single
-frames too. This module does not import torch, so the workers stay small.
+Each env, in its own worker process (`pixelrl.vector_env`) with its own MuJoCo EGL context,
+returns ONE frame per step as uint8 (3, H, W) together with the robot's proprioception and both
+goal vectors. Frame stacking for acting happens on the learner side
+(`pixelrl.frame_stack.FrameStack`, on the learner's device); the replay stores single frames
+too. This module does not import torch, so the workers stay small.
 
-Traps handled here (see shared/DESIGN.md):
+Traps handled here and in `pixelrl.vector_env`:
 - EGL across fork: workers start with `spawn` (or forkserver); nothing renders in the parent.
-- Autoreset: workers reset in the same step an episode ends (AutoresetMode.SAME_STEP); `step`
-  returns the true final observation as `next_obs` and the new episode's first observation as
-  `obs`, so no stored transition ever crosses an episode boundary.
+- Autoreset: workers reset in the same step an episode ends and hand back the true final
+  observation as `next_obs` and the new episode's first observation as `obs`, so no stored
+  transition ever crosses an episode boundary.
 - The goal marker (site target0) is hidden from the camera unless `show_goal`.
 - Proprioception takes the robot-only entries of the Fetch state vector, never the object's.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import contextlib
+import io
 import os
-import signal
-from dataclasses import dataclass
-from functools import partial
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -44,11 +43,19 @@ PROPRIO_INDICES_NO_OBJECT = np.r_[0:3, 3:5, 5:8, 8:10]
 _registered = False
 
 
+# gymnasium-robotics prints a notice about the Adroit hand envs' rewards to stderr when it is
+# imported, in every process (5 times per start with 4 workers); it does not concern Fetch.
+_IGNORED_NOTICE = "AdroitHand"
+
+
 def _register_fetch() -> None:
     global _registered
     if not _registered:
-        import gymnasium_robotics
-
+        with contextlib.redirect_stderr(io.StringIO()) as captured:
+            import gymnasium_robotics
+        for line in captured.getvalue().splitlines(keepends=True):
+            if _IGNORED_NOTICE not in line:
+                sys.stderr.write(line)
         gym.register_envs(gymnasium_robotics)
         _registered = True
 
@@ -91,7 +98,8 @@ class FetchObservation(gym.Wrapper):
 
     Modes (EnvConfig):
       pixels (default): pixels uint8 (3, H, W) one frame, proprioception float32 (10,),
-        achieved_goal float32 (3,), desired_goal float32 (3,)
+        achieved_goal float32 (3,), desired_goal float32 (3,); --no-proprioception drops
+        proprioception
       full-state: observation float32 (25,) (the raw Fetch state) plus the goals
       no-pixels: proprioception plus the goals
     """
@@ -136,7 +144,7 @@ class FetchObservation(gym.Wrapper):
             spaces[PIXELS] = gym.spaces.Box(0, 255, (3, side, side), np.uint8)
         if self.mode == "full-state":
             spaces[STATE] = gym.spaces.Box(-np.inf, np.inf, (state_dim,), np.float32)
-        else:
+        elif cfg.proprioception:
             spaces[PROPRIOCEPTION] = gym.spaces.Box(
                 -np.inf, np.inf, (len(self._proprio_idx),), np.float32
             )
@@ -183,7 +191,7 @@ class FetchObservation(gym.Wrapper):
         state = raw[STATE]
         if self.mode == "full-state":
             out[STATE] = state.astype(np.float32)
-        else:
+        elif self.cfg.proprioception:
             out[PROPRIOCEPTION] = state[self._proprio_idx].astype(np.float32)
         out[ACHIEVED_GOAL] = raw[ACHIEVED_GOAL].astype(np.float32)
         out[DESIRED_GOAL] = raw[DESIRED_GOAL].astype(np.float32)
@@ -283,125 +291,10 @@ class FetchObservation(gym.Wrapper):
 
 
 def make_fetch_env(cfg: EnvConfig) -> FetchObservation:
-    """Build one env; runs inside a worker process for the vector env.
+    """Build one env; runs inside a worker process of `pixelrl.vector_env.FetchVectorEnv`.
 
     MUJOCO_GL defaults to egl. It is read when the first frame is rendered, so setting the
     default here (in the worker, before any render) is enough.
     """
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if multiprocessing.parent_process() is not None:
-        # A worker: Ctrl-C in the terminal reaches the whole process group; the trainer
-        # handles it (checkpoint, clean exit) and closes the workers itself.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
     return FetchObservation(cfg)
-
-
-@dataclass
-class VecStep:
-    """One vector step, with the episode boundary made explicit.
-
-    obs:       the observation to act on next (a new episode's first obs where `done`)
-    next_obs:  the true successor of the observation that was acted on (the final obs where
-               `done`), i.e. what the replay stores for this transition
-    """
-
-    obs: dict[str, np.ndarray]
-    next_obs: dict[str, np.ndarray]
-    reward: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    is_success: np.ndarray
-
-    @property
-    def done(self) -> np.ndarray:
-        return self.terminated | self.truncated
-
-
-class FetchVectorEnv:
-    """N Fetch envs in parallel worker processes (or in-process with vector='sync').
-
-    Workers use same-step autoreset: when an episode ends, the worker resets at once and
-    returns the new episode's first observation, with the final observation in its info.
-    `step` unpacks that into `VecStep.obs` and `VecStep.next_obs`.
-    """
-
-    def __init__(self, cfg: EnvConfig, seed: int):
-        validate_env_config(cfg)
-        self.cfg = cfg
-        self.seed = seed
-        self.num_envs = cfg.n_envs
-        factories = [partial(make_fetch_env, cfg) for _ in range(cfg.n_envs)]
-        mode = gym.vector.AutoresetMode.SAME_STEP
-        if cfg.vector == "async":
-            os.environ.setdefault("MUJOCO_GL", "egl")  # inherited by the spawned workers
-            self.envs = gym.vector.AsyncVectorEnv(
-                factories, shared_memory=True, context=cfg.mp_context, autoreset_mode=mode
-            )
-        else:
-            self.envs = gym.vector.SyncVectorEnv(factories, autoreset_mode=mode)
-        self.single_observation_space = self.envs.single_observation_space
-        self.single_action_space = self.envs.single_action_space
-        self.single_action_space.seed(seed)
-
-    def reset(self) -> dict[str, np.ndarray]:
-        """Reset env i with seed + i."""
-        obs, _ = self.envs.reset(seed=[self.seed + i for i in range(self.num_envs)])
-        return obs
-
-    def get_states(self) -> list[dict]:
-        """Each env's full simulator state (see `FetchObservation.get_sim_state`)."""
-        return list(self.envs.call("get_sim_state"))
-
-    def set_states(self, states: list[dict]) -> dict[str, np.ndarray]:
-        """Reset, then restore the states `get_states` returned; the batched observation."""
-        self.reset()
-        self.envs.set_attr("pending_sim_state", list(states))  # one value per env
-        per_env = self.envs.call("apply_pending_sim_state")
-        return {key: np.stack([obs[key] for obs in per_env]) for key in per_env[0]}
-
-    def random_actions(self) -> np.ndarray:
-        return np.stack([self.single_action_space.sample() for _ in range(self.num_envs)])
-
-    def step_async(self, actions: np.ndarray) -> None:
-        if isinstance(self.envs, gym.vector.AsyncVectorEnv):
-            self.envs.step_async(actions)
-        else:
-            self._pending = self.envs.step(actions)
-
-    def step_wait(self) -> VecStep:
-        if isinstance(self.envs, gym.vector.AsyncVectorEnv):
-            obs, reward, terminated, truncated, info = self.envs.step_wait()
-        else:
-            obs, reward, terminated, truncated, info = self._pending
-            self._pending = None
-        terminated = np.asarray(terminated, dtype=bool)
-        truncated = np.asarray(truncated, dtype=bool)
-        done = terminated | truncated
-        next_obs = {k: v.copy() for k, v in obs.items()}
-        is_success = np.zeros(self.num_envs, dtype=bool)
-        if "is_success" in info:
-            is_success = np.where(info["_is_success"], info["is_success"] > 0, False)
-        if done.any():
-            final_obs, final_info = info["final_obs"], info["final_info"]
-            for i in np.flatnonzero(done):
-                for key in next_obs:
-                    next_obs[key][i] = final_obs[i][key]
-            if "is_success" in final_info:
-                final_success = final_info["is_success"] > 0
-                is_success = np.where(done, final_success, is_success)
-        return VecStep(
-            obs, next_obs, np.asarray(reward, np.float32), terminated, truncated, is_success
-        )
-
-    def step(self, actions: np.ndarray) -> VecStep:
-        self.step_async(actions)
-        return self.step_wait()
-
-    def close(self) -> None:
-        self.envs.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()

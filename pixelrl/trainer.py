@@ -18,6 +18,7 @@ import collections
 import dataclasses
 import json
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -25,25 +26,28 @@ import numpy as np
 import torch
 
 from pixelrl.agents.sac import SAC
+from pixelrl.buffers.her import reward_range
 from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
 from pixelrl.checkpoint import git_commit, latest_checkpoint, list_checkpoints, save_checkpoint
 from pixelrl.config import ConfigError, TrainConfig, from_dict, to_dict, validate
-from pixelrl.envs import (
-    PIXELS,
-    FetchVectorEnv,
-    make_fetch_env,
-    max_episode_steps,
-    policy_keys,
-    reward_params,
-)
+from pixelrl.envs import PIXELS, make_fetch_env, max_episode_steps, policy_keys, reward_params
 from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.logger import Logger
+from pixelrl.vector_env import FetchVectorEnv, WorkerError
 
 STATS_WINDOW = 100  # episodes in rollout/* means, as SB3's ep_info_buffer
 
 
 class NonFiniteLossError(RuntimeError):
     """An update produced NaN or inf; the message names the loss and the env step."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+class TooManyWorkerFailures(RuntimeError):
+    """Env workers failed more often than --max-worker-restarts-per-hour allows."""
 
 
 # ---------------------------------------------------------------------------- run setup
@@ -79,6 +83,13 @@ _TAG_NAMES = {
     "ent_coef": lambda v: f"ent{v}",
     "image_size": lambda v: f"img{v}",
     "goal_mode": lambda v: f"goal-{v}",
+    "proprioception": lambda v: "" if v else "noProprio",
+    "normalize_obs": lambda v: "" if v else "noNorm",
+    "obs_norm_clip": lambda v: f"normClip{v:g}",
+    "obs_norm_freeze_after": lambda v: f"normFreeze{v}",
+    "encoder_lr": lambda v: f"elr{v:g}",
+    "clip_q_target": lambda v: "clipQ" if v else "noClipQ",
+    "next_obs_encoder": lambda v: f"next-{v}",
 }
 # Options that do not change what is learned (they are not part of the tag).
 _UNTAGGED = {"vector", "mp_context", "encoder"}
@@ -114,6 +125,8 @@ _RESUMABLE_RUN_FIELDS = {
     "checkpoint_freq",
     "save_buffer",
     "overlap",
+    "worker_timeout",
+    "max_worker_restarts_per_hour",
 }
 
 
@@ -154,14 +167,23 @@ def describe_env(env_cfg):
     return spec, obs_space, action_space
 
 
-def build_agent(cfg: TrainConfig, obs_space, action_space, device) -> SAC:
+def build_agent(cfg: TrainConfig, spec: ReplaySpec, obs_space, action_space, device) -> SAC:
     """The SAC agent for a config; pixels are seen stacked (3k, H, W)."""
     shapes = {k: tuple(space.shape) for k, space in obs_space.spaces.items()}
     if PIXELS in shapes:
         c, h, w = shapes[PIXELS]
         shapes[PIXELS] = (c * cfg.env.frame_stack, h, w)
     keys = policy_keys(shapes, cfg.env.goal_mode)
-    return SAC(shapes, keys, action_space.low, action_space.high, cfg.network, cfg.sac, device)
+    return SAC(
+        shapes,
+        keys,
+        action_space.low,
+        action_space.high,
+        cfg.network,
+        cfg.sac,
+        device,
+        reward_range=reward_range(spec.reward_type),
+    )
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -191,7 +213,7 @@ class Trainer:
         np.random.seed(cfg.run.seed)
         # The replay checks its memory plan before anything else is allocated or started.
         self.replay = EpisodeReplay(cfg.replay, self.spec, self.device, seed=cfg.run.seed)
-        self.agent = build_agent(cfg, obs_space, action_space, self.device)
+        self.agent = build_agent(cfg, self.spec, obs_space, action_space, self.device)
         self.stop_requested = False
 
     # ------------------------------------------------------------------ helpers
@@ -210,7 +232,9 @@ class Trainer:
             "rng_action_space": _to_tensor_tree(
                 self.venv.single_action_space.np_random.bit_generator.state
             ),
+            # None for an env whose worker had failed: resume starts it with a new episode.
             "envs": [_to_tensor_tree(s) for s in self.venv.get_states()],
+            "worker_restarts": list(self.venv.restart_counts),
             "frame_stack": self.stack.frames.cpu() if self.stack is not None else None,
             "episode_return": torch.from_numpy(stats["episode_return"].copy()),
             "episode_length": torch.from_numpy(stats["episode_length"].copy()),
@@ -236,9 +260,25 @@ class Trainer:
             "n_updates": int(self.counters["n_updates"]),
         }
         replay = self.replay if cfg.run.save_buffer else None
-        path = save_checkpoint(self.run_dir, self.counters["env_step"], self._state(), meta, replay)
+        step = self.counters["env_step"]
+        try:
+            path = save_checkpoint(self.run_dir, step, self._state(), meta, replay)
+        except OSError as err:
+            raise CheckpointWriteError(
+                f"writing the checkpoint of env step {step:,} under "
+                f"{self.run_dir / 'checkpoints'} failed: {err}"
+            ) from err
         self.last_checkpoint = path
         return path
+
+    def make_vector_env(self) -> FetchVectorEnv:
+        run = self.cfg.run
+        return FetchVectorEnv(
+            self.cfg.env,
+            seed=run.seed,
+            timeout_s=run.worker_timeout,
+            max_restarts_per_hour=run.max_worker_restarts_per_hour,
+        )
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -280,7 +320,7 @@ class Trainer:
                 )
             print(f"resume: {path} (env step {self.counters['env_step']:,})")
 
-        self.venv = FetchVectorEnv(cfg.env, seed=run.seed)
+        self.venv = self.make_vector_env()
         self.stack = None
         logger = Logger(
             self.run_dir,
@@ -293,8 +333,12 @@ class Trainer:
         }
         exit_code = 0
         try:
+            restarted_envs = np.zeros(n, dtype=bool)
             if state is not None:
-                obs = self.venv.set_states([_from_tensor_tree(s) for s in state["envs"]])
+                self.venv.restart_counts = list(state.get("worker_restarts", [0] * n))
+                env_states = [_from_tensor_tree(s) for s in state["envs"]]
+                restarted_envs = np.array([s is None for s in env_states])
+                obs = self.venv.set_states(env_states)
                 self.venv.single_action_space.np_random.bit_generator.state = _from_tensor_tree(
                     state["rng_action_space"]
                 )
@@ -304,16 +348,40 @@ class Trainer:
                 self.stack = FrameStack(n, cfg.env.frame_stack, obs[PIXELS].shape[1:], self.device)
                 if state is not None and state["frame_stack"] is not None:
                     self.stack.frames.copy_(state["frame_stack"])
+                    self.stack.reset(
+                        torch.as_tensor(obs[PIXELS], device=self.device),
+                        torch.as_tensor(restarted_envs, device=self.device),
+                    )
                 else:
                     self.stack.reset(torch.as_tensor(obs[PIXELS], device=self.device))
             if state is None or not meta["replay_saved"]:
                 self.replay.start_episodes(obs)
+            elif restarted_envs.any():  # envs saved without a worker begin a new episode
+                self.replay.start_episodes(obs, np.flatnonzero(restarted_envs))
+                self.stats["episode_return"][restarted_envs] = 0.0
+                self.stats["episode_length"][restarted_envs] = 0
             self._loop(obs, updates_start, logger)
         except NonFiniteLossError as err:
             print(
                 f"\nerror: {err}; stopping. The last good checkpoint is "
                 f"{self.last_checkpoint or 'none (none was written yet)'}; no new one is "
                 "written."
+            )
+            exit_code = 1
+        except CheckpointWriteError as err:
+            print(
+                f"\nerror: {err}. The previous checkpoint "
+                f"{self.last_checkpoint or '(none)'} is intact; stopping rather than training "
+                "on without a way back.",
+                file=sys.stderr,
+            )
+            exit_code = 1
+        except TooManyWorkerFailures as err:
+            print(f"\nerror: {err}", file=sys.stderr)
+            exit_code = 1
+        except WorkerError as err:
+            print(
+                f"\nerror: an env worker failed where it cannot be replaced: {err}", file=sys.stderr
             )
             exit_code = 1
         finally:
@@ -361,14 +429,24 @@ class Trainer:
                     for k, v in metrics.items():
                         metric_sums[k] = metric_sums.get(k, 0.0) + v
                     metric_count += 1
-            # 4. Receive, store, push frames.
+            # 4. Receive, store, push frames. An env whose worker failed starts over: its
+            # partial episode is dropped and its frame stack restarts.
             step = self.venv.step_wait() if run.overlap else self.venv.step(actions)
-            self.replay.add(actions, step.next_obs, step.terminated, step.truncated, step.obs)
-            done = step.done
+            failed = step.failed
+            for i, reason in step.failures.items():
+                print(
+                    f"\nwarning: env {i}'s worker failed at env step {c['env_step']:,}: "
+                    f"{reason}; its partial episode is dropped and it starts a new one "
+                    f"(restart {self.venv.restart_counts[i]})"
+                )
+            self.replay.add(
+                actions, step.next_obs, step.terminated, step.truncated, step.obs, discard=failed
+            )
+            done = step.done & ~failed
             if self.stack is not None:
                 self.stack.push(
                     torch.as_tensor(step.obs[PIXELS], device=self.device),
-                    torch.as_tensor(done, device=self.device),
+                    torch.as_tensor(done | failed, device=self.device),
                 )
             obs = step.obs
             c["env_step"] += n
@@ -382,12 +460,23 @@ class Trainer:
                 st["lengths"].append(int(st["episode_length"][i]))
                 st["episode_return"][i], st["episode_length"][i] = 0.0, 0
                 c["episodes"] += 1
+            st["episode_return"][failed], st["episode_length"][failed] = 0.0, 0
+            if self.venv.gave_up:
+                path = self.save()
+                raise TooManyWorkerFailures(
+                    f"{self.venv.gave_up}; stopped at env step {c['env_step']:,} with checkpoint "
+                    f"{path}. Fix the cause, then --resume (failed envs start new episodes)."
+                )
             elapsed = time.monotonic() - self.start_time
             fps = (c["env_step"] - start_step) / max(elapsed, 1e-9)
             success = float(np.mean(st["successes"])) if st["successes"] else None
             if c["env_step"] >= next_log:
                 next_log += run.log_interval
-                scalars = {"time/fps": fps, "train/n_updates": c["n_updates"]}
+                scalars = {
+                    "time/fps": fps,
+                    "time/worker_restarts": self.venv.total_restarts,
+                    "train/n_updates": c["n_updates"],
+                }
                 if st["returns"]:
                     scalars.update(
                         {

@@ -15,12 +15,12 @@ from pixelrl.envs import (
     PROPRIOCEPTION,
     STATE,
     FetchObservation,
-    FetchVectorEnv,
     make_fetch_env,
     policy_keys,
     proprioception_indices,
 )
 from pixelrl.frame_stack import FrameStack
+from pixelrl.vector_env import FetchVectorEnv
 
 
 def _raw_obs(env: FetchObservation) -> dict:
@@ -54,6 +54,16 @@ def test_full_state_and_no_pixels_modes():
     obs, _ = vec.reset(seed=1)
     assert list(obs) == [PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL]
     assert vec.unwrapped.render_mode is None  # no renderer at all without pixels
+
+
+def test_no_proprioception_leaves_pixels_and_goals():
+    env = make_fetch_env(EnvConfig(env_id="FetchReach-v4", proprioception=False))
+    obs, _ = env.reset(seed=2)
+    assert list(obs) == [PIXELS, ACHIEVED_GOAL, DESIRED_GOAL]
+    assert env.observation_space.contains(obs)
+    keys = policy_keys(list(obs), "desired")
+    assert keys == [PIXELS, DESIRED_GOAL]  # the gripper's position must come from the image
+    env.close()
 
 
 @pytest.mark.parametrize("env_id", ["FetchPush-v4", "FetchReach-v4", "FetchPickAndPlace-v4"])
@@ -225,6 +235,8 @@ def test_policy_keys_follow_goal_mode():
         (EnvConfig(full_state=True, no_pixels=True), r"--full-state and --no-pixels"),
         (EnvConfig(image_size=16), r"--image-size 16: must be >= 32"),
         (EnvConfig(mp_context="fork"), r"--mp-context 'fork'"),
+        (EnvConfig(full_state=True, proprioception=False), r"--no-proprioception needs"),
+        (EnvConfig(no_pixels=True, proprioception=False), r"goals only"),
     ],
 )
 def test_bad_config_is_a_clear_error(cfg, message):

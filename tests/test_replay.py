@@ -9,8 +9,9 @@ from pixelrl.buffers.augment import random_shift, shift_images
 from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
 from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
 from pixelrl.config import EnvConfig, ReplayConfig
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, FetchVectorEnv
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 from pixelrl.envs import reward_params as env_reward_params
+from pixelrl.vector_env import FetchVectorEnv
 
 SIDE = 8
 

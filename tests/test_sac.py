@@ -44,15 +44,24 @@ def random_batch(b: int = 8, seed: int = 0) -> Batch:
     )
 
 
-def make_agent(routing="critic", encoder="manip", ent_coef="0.05", seed=0, **sac) -> SAC:
+def make_agent(
+    routing="critic",
+    encoder="manip",
+    ent_coef="0.05",
+    seed=0,
+    net: NetworkConfig | None = None,
+    reward_range=(-1.0, 0.0),
+    **sac,
+) -> SAC:
     torch.manual_seed(seed)
     return SAC(
         SHAPES,
         KEYS,
         LOW,
         HIGH,
-        NetworkConfig(encoder=encoder),
+        net or NetworkConfig(encoder=encoder),
         SACConfig(encoder_grad=routing, ent_coef=ent_coef, **sac),
+        reward_range=reward_range,
     )
 
 
@@ -335,3 +344,34 @@ def test_encoder_diagnostics():
     diag = agent.encoder_diagnostics(random_obs(4, torch.Generator().manual_seed(0)))
     assert diag["encoder/spatial_softmax_temperature"].item() == 1.0
     assert {f"encoder/{k}_mean" for k in KEYS} <= set(diag)
+
+
+@pytest.mark.parametrize(
+    "next_obs_encoder, expected",
+    [
+        # encoder calls in one update: (online critic encoder, target encoder)
+        ("target", (1, 1)),  # obs online; next obs by the target, for target Q and next action
+        ("online", (2, 0)),  # DrQ-v2: the online encoder reads next obs too
+        ("split", (2, 1)),  # SB3: target for the target Q, online for the next action
+    ],
+)
+def test_next_obs_encoder_choice(next_obs_encoder, expected):
+    agent = make_agent(next_obs_encoder=next_obs_encoder)
+    calls = {"online": 0, "target": 0}
+    for name, encoder in (("online", agent.critic_encoder), ("target", agent.target_encoder)):
+        encoder.register_forward_pre_hook(
+            lambda module, args, _name=name: calls.__setitem__(_name, calls[_name] + 1)
+        )
+    agent.update(random_batch())
+    assert (calls["online"], calls["target"]) == expected
+
+
+def test_encoder_learning_rate_applies_to_the_encoder_only():
+    agent = make_agent(learning_rate=1e-3, encoder_lr=1e-4)
+    groups = agent.critic_optimizer.param_groups
+    encoder_ids = {id(p) for p in agent.critic_encoder.parameters()}
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        assert ids <= encoder_ids if group["lr"] == 1e-4 else not ids & encoder_ids
+    assert sorted(g["lr"] for g in groups) == [1e-4, 1e-3]
+    assert [g["lr"] for g in agent.actor_optimizer.param_groups] == [1e-3]

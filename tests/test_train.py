@@ -75,7 +75,7 @@ def cli(cfg: TrainConfig) -> list[str]:
     ]
     if e.no_pixels:
         args.append("--no-pixels")
-    return args
+    return args + [f"--max-worker-restarts-per-hour={r.max_worker_restarts_per_hour}"]
 
 
 def _script_env() -> dict:
@@ -94,8 +94,9 @@ def run_script(script: str, args: list[str], timeout: float = 300, **kwargs):
     )
 
 
-def start_train(cfg: TrainConfig, capture: bool) -> subprocess.Popen:
-    """train.py in the background (to signal or kill it)."""
+def start_train(cfg: TrainConfig, capture: bool, new_group: bool = False) -> subprocess.Popen:
+    """train.py in the background (to signal or kill it); new_group: in its own process
+    group, as a job scheduler starts it."""
     stream = subprocess.PIPE if capture else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *cli(cfg)],
@@ -104,6 +105,7 @@ def start_train(cfg: TrainConfig, capture: bool) -> subprocess.Popen:
         stdout=stream,
         stderr=stream,
         text=True,
+        start_new_session=new_group,
     )
 
 
@@ -199,6 +201,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, split):
         np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
     for key, value in state_a["agent"]["networks"].items():
         assert torch.equal(value, state_b["agent"]["networks"][key]), key
+    # The input normalization statistics are part of what resume restores exactly.
+    assert state_b["agent"]["networks"]["normalizer.stats.goal.count"] > 0
 
 
 def test_overlapped_and_sequential_loops_agree(tmp_path):
@@ -304,6 +308,10 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         (["--batch-size", "0"], "--batch-size 0"),
         (["--buffer-size", "100000000000"], "the largest --buffer-size that fits"),
         (["--device", "tpu"], "--device 'tpu'"),
+        (["--full-state", "--no-proprioception"], "--no-proprioception needs the pixels mode"),
+        (["--obs-norm-clip", "0"], "--obs-norm-clip 0"),
+        (["--obs-norm-freeze-after", "0"], "--obs-norm-freeze-after 0"),
+        (["--encoder-lr", "-1"], "--encoder-lr -1"),
     ],
 )
 def test_bad_flags_exit_2_before_starting_anything(tmp_path, args, message):

@@ -15,17 +15,29 @@ Which loss trains the image encoder is one choice (`--encoder-grad`), visible in
 
 The target critic has its own encoder copy, moved only by Polyak averaging. Each batch is
 encoded once per role: obs once with gradient (reused, detached, by the actor in the shared
-modes) and next obs once without gradient, by the target encoder, whose features serve both
-the target Q and the next action (the target encoder is a Polyak-lagged copy of the online
-one). `separate` also runs the actor's own encoder on both, as it owns different weights.
+modes) and next obs without gradient, by the encoder `--next-obs-encoder` names:
+
+    target    the target encoder, whose features serve both the target Q and the next
+              action (one pass; the target encoder is a Polyak-lagged copy of the online one)
+    online    the online encoder for both (DrQ-v2, which has no target encoder)
+    split     the target encoder for the target Q, the online one for the next action (SB3)
+
+`separate` routing always runs the actor's own encoder for the next action, as it owns
+different weights.
+
+Vector inputs are normalized before any encoder sees them (`pixelrl.nets.normalize`): the
+statistics are updated from each sampled batch, then obs and next obs are scaled with the same
+statistics, as they are when acting.
 
 Fetch truncates at 50 steps and never terminates, so the target bootstraps through time
-limits: it multiplies by (1 - terminated) only.
+limits: it multiplies by (1 - terminated) only. With `--clip-q-target` the target is clipped to
+the range of possible returns (for sparse rewards in {-1, 0}: [-1/(1-gamma), 0]).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +47,14 @@ from pixelrl.buffers.replay import Batch
 from pixelrl.config import NetworkConfig, SACConfig, parse_ent_coef
 from pixelrl.nets.encoders import ObservationEncoder
 from pixelrl.nets.heads import SquashedGaussianActor, TwinQ
+from pixelrl.nets.normalize import ObservationNormalizer
+
+
+def return_bounds(reward_range: tuple[float, float], gamma: float) -> tuple[float, float]:
+    """The range of discounted returns sum_t gamma^t r_t for rewards in [r_min, r_max]."""
+    horizon = 1.0 / (1.0 - gamma) if gamma < 1.0 else math.inf
+    low, high = reward_range
+    return (low * horizon if low else 0.0, high * horizon if high else 0.0)
 
 
 class SAC(nn.Module):
@@ -45,6 +65,8 @@ class SAC(nn.Module):
             (3k, H, W) uint8.
         keys: observation keys the networks use (`pixelrl.envs.policy_keys`).
         action_low, action_high: the env's action bounds, (A,).
+        reward_range: (lowest, highest) reward of the env; bounds the critic target when
+            `cfg.clip_q_target` (Fetch's sparse reward: (-1, 0)).
     """
 
     def __init__(
@@ -56,6 +78,7 @@ class SAC(nn.Module):
         net_cfg: NetworkConfig,
         cfg: SACConfig,
         device: torch.device | str = "cpu",
+        reward_range: tuple[float, float] = (-math.inf, math.inf),
     ):
         super().__init__()
         self.cfg = cfg
@@ -64,6 +87,18 @@ class SAC(nn.Module):
             raise ValueError(f"--encoder-grad {self.routing!r}: choose critic, actor, separate")
         action_dim = len(action_low)
         hidden = net_cfg.hidden_sizes
+        self.q_target_bounds = (
+            return_bounds(reward_range, cfg.gamma) if cfg.clip_q_target else (-math.inf, math.inf)
+        )
+
+        # Inputs: vectors normalized with running statistics (buffers, saved with the weights).
+        self.normalizer = ObservationNormalizer(
+            obs_shapes,
+            keys,
+            clip=net_cfg.obs_norm_clip,
+            freeze_after=net_cfg.obs_norm_freeze_after,
+            enabled=net_cfg.normalize_obs,
+        )
 
         # Networks: a shared encoder, or one each for `separate`.
         self.critic_encoder = ObservationEncoder(net_cfg, obs_shapes, keys)
@@ -88,14 +123,15 @@ class SAC(nn.Module):
         self.to(device)
 
         # Optimizers: the routing decides which one holds the encoder's parameters.
-        critic_params = list(self.critic.parameters())
-        actor_params = list(self.actor.parameters())
+        encoder_lr = cfg.encoder_lr if cfg.encoder_lr is not None else cfg.learning_rate
+        critic_groups = [{"params": list(self.critic.parameters())}]
+        actor_groups = [{"params": list(self.actor.parameters())}]
         if self.routing in ("critic", "separate"):
-            critic_params += list(self.critic_encoder.parameters())
+            critic_groups.append({"params": self.critic_encoder.parameters(), "lr": encoder_lr})
         if self.routing in ("actor", "separate"):
-            actor_params += list(self.actor_encoder.parameters())
-        self.critic_optimizer = torch.optim.Adam(critic_params, lr=cfg.learning_rate)
-        self.actor_optimizer = torch.optim.Adam(actor_params, lr=cfg.learning_rate)
+            actor_groups.append({"params": self.actor_encoder.parameters(), "lr": encoder_lr})
+        self.critic_optimizer = torch.optim.Adam(critic_groups, lr=cfg.learning_rate)
+        self.actor_optimizer = torch.optim.Adam(actor_groups, lr=cfg.learning_rate)
         self.alpha_optimizer = (
             torch.optim.Adam([self.log_alpha], lr=cfg.learning_rate) if self.learn_alpha else None
         )
@@ -106,8 +142,8 @@ class SAC(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
-        """Actions (N, A) for a batch of observations (pixels: stacked uint8)."""
-        features = self.actor_encoder(obs)
+        """Actions (N, A) for a batch of observations (pixels: stacked uint8, vectors raw)."""
+        features = self.actor_encoder(self.normalizer(obs))
         if deterministic:
             return self.actor.deterministic(features)
         return self.actor.sample(features)[0]
@@ -119,21 +155,29 @@ class SAC(nn.Module):
         """
         alpha = self.log_alpha.detach().exp()
 
-        # Encode: obs once with gradient for the encoder's owner; next obs once, no gradient.
+        # Normalize: the statistics take in this batch, then scale obs and next obs alike.
+        self.normalizer.update(batch.obs)
+        obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
+
+        # Encode: obs once with gradient for the encoder's owner; next obs without gradient.
         if self.routing == "critic":
-            critic_features = self.critic_encoder(batch.obs)
+            critic_features = self.critic_encoder(obs)
             actor_features = critic_features.detach()
         elif self.routing == "actor":
-            actor_features = self.actor_encoder(batch.obs)
+            actor_features = self.actor_encoder(obs)
             critic_features = actor_features.detach()
         else:
-            critic_features = self.critic_encoder(batch.obs)
-            actor_features = self.actor_encoder(batch.obs)
+            critic_features = self.critic_encoder(obs)
+            actor_features = self.actor_encoder(obs)
         with torch.no_grad():
-            next_features = self.target_encoder(batch.next_obs)
-            if self.routing == "separate":
-                next_actor_features = self.actor_encoder(batch.next_obs)
+            next_obs_encoder = self.cfg.next_obs_encoder
+            if next_obs_encoder == "online":
+                next_features = self.critic_encoder(next_obs)
             else:
+                next_features = self.target_encoder(next_obs)
+            if self.routing == "separate" or next_obs_encoder == "split":
+                next_actor_features = self.actor_encoder(next_obs)
+            else:  # shared encoders: the features above are the actor's too
                 next_actor_features = next_features
 
         # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
@@ -142,6 +186,7 @@ class SAC(nn.Module):
             target_q1, target_q2 = self.target_critic(next_features, next_action)
             next_value = torch.min(target_q1, target_q2) - alpha * next_log_prob
             target_q = batch.reward + self.cfg.gamma * (1.0 - batch.terminated) * next_value
+            target_q = target_q.clamp(*self.q_target_bounds)  # (-inf, inf) unless clipped
 
         # Critic step (with `critic` routing this also steps the encoder).
         q1, q2 = self.critic(critic_features, batch.action)
@@ -194,9 +239,10 @@ class SAC(nn.Module):
     # ------------------------------------------------------------------ diagnostics
     @torch.no_grad()
     def encoder_diagnostics(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Feature mean/std per input key and the SpatialSoftmax temperature."""
-        out = {}
-        for key, features in self.critic_encoder.parts(obs).items():
+        """Feature mean/std per input key (vectors after normalization), the mean std of each
+        normalization group, and the SpatialSoftmax temperature. obs: raw, as sampled."""
+        out = dict(self.normalizer.describe())
+        for key, features in self.critic_encoder.parts(self.normalizer(obs)).items():
             out[f"encoder/{key}_mean"] = features.mean()
             out[f"encoder/{key}_std"] = features.std()
         image = self.critic_encoder.image

@@ -15,6 +15,8 @@ paper and SB3's HerReplayBuffer; the rest keep their original goal.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 STRATEGIES = ("future", "final", "episode")
@@ -66,4 +68,13 @@ def compute_reward(
         return -(distance > distance_threshold).float()
     if reward_type == "dense":
         return -distance.float()
+    raise ValueError(f"unknown reward_type {reward_type!r} (Fetch uses sparse or dense)")
+
+
+def reward_range(reward_type: str) -> tuple[float, float]:
+    """(lowest, highest) reward `compute_reward` can give: sparse {-1, 0}; dense -d <= 0."""
+    if reward_type == "sparse":
+        return (-1.0, 0.0)
+    if reward_type == "dense":
+        return (-math.inf, 0.0)
     raise ValueError(f"unknown reward_type {reward_type!r} (Fetch uses sparse or dense)")

@@ -241,6 +241,7 @@ class EpisodeReplay:
         terminated,
         truncated,
         reset_obs: dict | None = None,
+        discard=None,
     ) -> int:
         """Stage one vector step for all N envs; commit the episodes that ended.
 
@@ -249,12 +250,16 @@ class EpisodeReplay:
             next_obs: dict of (N, ...): the true successor of each acted-on observation.
             terminated, truncated: (N,) bool.
             reset_obs: dict of (N, ...): the first observation of the next episode for envs
-                that ended (required when any ended).
+                that ended or are discarded (required when any did).
+            discard: (N,) bool, envs whose step is not a real transition (their worker
+                failed): their partial episode is dropped, never committed, and they start
+                staging again from reset_obs.
         Returns:
             number of episodes committed.
         """
         terminated = np.asarray(terminated, dtype=bool)
-        done = terminated | np.asarray(truncated, dtype=bool)
+        discard = np.zeros_like(terminated) if discard is None else np.asarray(discard, bool)
+        done = (terminated | np.asarray(truncated, dtype=bool)) & ~discard
         T = self.spec.max_episode_steps
         if (self.staged_steps >= T).any():
             raise RuntimeError(
@@ -276,9 +281,11 @@ class EpisodeReplay:
         ended = np.flatnonzero(done)
         if len(ended):
             self._commit(ended, terminated[ended])
+        restarted = np.flatnonzero(done | discard)
+        if len(restarted):
             if reset_obs is None:
-                raise ValueError("reset_obs is required when an episode ends")
-            self.start_episodes(reset_obs, ended)
+                raise ValueError("reset_obs is required when an episode ends or is discarded")
+            self.start_episodes(reset_obs, restarted)
         return len(ended)
 
     def _commit(self, envs: np.ndarray, terminated: np.ndarray) -> None:

@@ -1,0 +1,134 @@
+"""Per-dimension normalization of the vector inputs (proprioception, state, goals).
+
+Why: the image features leave the encoder bounded by LayerNorm + Tanh with a spread of ~0.5,
+while the vectors beside them vary by centimetres (positions ~0.08, velocities ~0.02). Fed
+raw, the heads fit the image features and never the goal geometry: pixel FetchReach stays at
+2% success where its no-pixels control reaches 100% (benchmarks/learning.md). Scaling each
+vector dimension to zero mean and unit variance, clipped at +-5, fixes it; OpenAI baselines'
+HER (Andrychowicz et al. 2017) normalizes observations and goals the same way.
+
+The statistics are running means and variances over every batch the update samples, so they
+follow the data the networks are trained on (relabeled goals included) and keep up as the
+agent reaches new states. The achieved and desired goals share one set of statistics: both
+are positions in the same space, and with one shared scale the difference the reward depends
+on, achieved - desired, stays a difference after normalization. Pixels are not touched (the
+encoder scales them). The statistics are buffers of the agent, so they are saved in
+checkpoints and restored by --resume with everything else.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+
+GOAL = "goal"  # the statistics group of achieved_goal and desired_goal
+
+
+class RunningMeanStd(nn.Module):
+    """Mean and variance per dimension of every row seen so far, in float64.
+
+    Each batch is merged exactly (Chan, Golub and LeVeque's pairwise update), so after any
+    sequence of batches `mean` and `std` equal numpy's mean and std (ddof=0) over all rows.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        # Sum of squared deviations from the mean (variance = m2 / count).
+        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, rows: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
+        """Merge rows (B, D); `weight` 0 leaves the statistics as they are, without a branch
+        (a branch on a device value would wait for the device)."""
+        rows = rows.to(torch.float64)
+        batch_count = rows.shape[0] * torch.as_tensor(weight, dtype=torch.float64)
+        batch_mean = rows.mean(0)
+        batch_m2 = ((rows - batch_mean) ** 2).sum(0)
+        total = self.count + batch_count
+        share = batch_count / total.clamp_min(1.0)  # the batch's share of all rows
+        delta = batch_mean - self.mean
+        self.mean.add_(delta * share)
+        self.m2.add_(batch_m2 * torch.as_tensor(weight, dtype=torch.float64))
+        self.m2.add_(delta**2 * self.count * share)
+        self.count.copy_(total)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Per-dimension std (ddof=0); 1 before any row is seen, so that it is the identity."""
+        variance = self.m2 / self.count.clamp_min(1.0)
+        return torch.where(self.count > 0, variance.sqrt(), torch.ones_like(variance))
+
+
+class ObservationNormalizer(nn.Module):
+    """Normalizes the vector keys of an observation dict; pixels pass through.
+
+    Args:
+        obs_shapes: shape of each observation key the networks see.
+        keys: those keys (`pixelrl.envs.policy_keys`); the vectors among them are normalized.
+        clip: normalized values are clipped to [-clip, clip].
+        min_std: floor of the std, so that a constant dimension (the table height of a goal,
+            a gripper that cannot move) is centred, not blown up.
+        freeze_after: stop updating after this many batches (None: never). With 1 the
+            statistics are those of the first sampled batch only.
+        enabled: False gives the identity (--no-normalize-obs), with no statistics at all.
+    """
+
+    def __init__(
+        self,
+        obs_shapes: dict[str, tuple[int, ...]],
+        keys,
+        clip: float = 5.0,
+        min_std: float = 1e-2,
+        freeze_after: int | None = None,
+        enabled: bool = True,
+    ):
+        super().__init__()
+        self.clip = float(clip)
+        self.min_std = float(min_std)
+        self.freeze_after = freeze_after
+        # Statistics group -> the keys normalized with it.
+        self.groups: dict[str, list[str]] = {}
+        for key in keys if enabled else []:
+            if key == PIXELS:
+                continue
+            group = GOAL if key in (ACHIEVED_GOAL, DESIRED_GOAL) else key
+            self.groups.setdefault(group, []).append(key)
+        dims = {group: obs_shapes[group_keys[0]][-1] for group, group_keys in self.groups.items()}
+        for group, group_keys in self.groups.items():
+            if any(obs_shapes[k][-1] != dims[group] for k in group_keys):
+                raise ValueError(f"keys {group_keys} share statistics but differ in size")
+        self.stats = nn.ModuleDict({group: RunningMeanStd(dim) for group, dim in dims.items()})
+        self.register_buffer("batches_seen", torch.zeros((), dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, obs: dict[str, torch.Tensor]) -> None:
+        """Add a batch of observations (B, ...) per key to the statistics."""
+        if not self.groups:
+            return
+        weight = 1.0
+        if self.freeze_after is not None:
+            weight = (self.batches_seen < self.freeze_after).to(torch.float64)
+        for group, group_keys in self.groups.items():
+            rows = torch.cat([obs[k].flatten(1) for k in group_keys])
+            self.stats[group].update(rows, weight)
+        self.batches_seen.add_(1)
+
+    def forward(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A new dict: vectors (x - mean) / max(std, min_std), clipped; other keys as given."""
+        out = dict(obs)
+        for group, group_keys in self.groups.items():
+            stats = self.stats[group]
+            mean = stats.mean.to(torch.float32)
+            std = stats.std.clamp_min(self.min_std).to(torch.float32)
+            for key in group_keys:
+                normalized = (obs[key].to(torch.float32) - mean) / std
+                out[key] = normalized.clamp(-self.clip, self.clip)
+        return out
+
+    def describe(self) -> dict[str, torch.Tensor]:
+        """The mean of each group's per-dimension std (a diagnostic for the logs)."""
+        return {f"obs_norm/{group}_std": s.std.mean() for group, s in self.stats.items()}

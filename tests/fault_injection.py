@@ -1,0 +1,35 @@
+"""A Fetch env that fails once on purpose, for the worker-failure tests.
+
+It lives in its own small module so that spawned workers can import it (without pytest or
+torch). The failure happens at the given step of the env's life, once per marker file: a
+restarted worker finds the marker and runs normally.
+"""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from pixelrl.config import EnvConfig
+from pixelrl.envs import FetchObservation
+
+
+class FailingFetch(FetchObservation):
+    """fault: "raise" (an exception in step), "hang" (never answers), "exit" (dies)."""
+
+    def __init__(self, cfg: EnvConfig, fault: str, at_step: int, marker: str):
+        super().__init__(cfg)
+        self.fault, self.at_step, self.marker = fault, at_step, Path(marker)
+        self.steps = 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps == self.at_step and not self.marker.exists():
+            self.marker.touch()
+            if self.fault == "raise":
+                raise FloatingPointError("simulated MuJoCo instability: NaN in qacc")
+            if self.fault == "hang":
+                time.sleep(3600)
+            if self.fault == "exit":
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().step(action)

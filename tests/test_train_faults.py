@@ -1,0 +1,206 @@
+"""A run survives its workers and its signals: real processes, no mocks of the vector env."""
+
+import errno
+import os
+import signal
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from test_train import _wait_for, cli, run_script, start_train, tiny
+
+from pixelrl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from pixelrl.envs import PROPRIOCEPTION
+from pixelrl.trainer import Trainer, run_directory
+
+REACH_INITIAL_GRIP_POS = np.array([1.3418, 0.7491, 0.5347])
+
+
+def async_vectors(tmp_path, pixels=False, **run):
+    """FetchReach in 2 worker processes (proprioception only unless pixels: fast)."""
+    cfg = tiny(tmp_path, pixels=pixels, **run)
+    return replace(cfg, env=replace(cfg.env, vector="async"))
+
+
+def _kill_worker_when(trainer: Trainer, env_index: int, at_env_step: int) -> threading.Thread:
+    def kill():
+        while getattr(trainer, "counters", {}).get("env_step", 0) < at_env_step:
+            time.sleep(0.01)
+        os.kill(trainer.venv.workers[env_index].process.pid, signal.SIGKILL)
+
+    thread = threading.Thread(target=kill, daemon=True)
+    thread.start()
+    return thread
+
+
+def assert_only_real_episodes(replay):
+    """Every stored episode is one whole real Fetch episode: 50 steps, starting at the reset
+    pose, and each step's displacement matches the velocity the env reports (within 2.2 cm
+    over 40 random-action episodes; a spliced-in reset jumps back to the start pose, 7 cm
+    away at the median)."""
+    n = replay.num_episodes
+    assert n > 0
+    assert (replay.storage["lengths"][:n] == 50).all()
+    proprio = replay.storage[PROPRIOCEPTION][:n].numpy()  # (E, 51, 10) for Reach
+    np.testing.assert_allclose(
+        proprio[:, 0, :3], np.tile(REACH_INITIAL_GRIP_POS, (n, 1)), atol=1e-3
+    )
+    displacement = proprio[:, 1:, :3] - proprio[:, :-1, :3]
+    velocity_times_dt = proprio[:, 1:, 5:8]
+    assert np.abs(displacement - velocity_times_dt).max() < 0.04
+
+
+def test_killed_worker_is_restarted_and_the_run_finishes(tmp_path, capsys):
+    cfg = async_vectors(tmp_path, total_steps=400, checkpoint_freq=1000)
+    trainer = Trainer(cfg)
+    killer = _kill_worker_when(trainer, env_index=1, at_env_step=130)
+    assert trainer.run() == 0
+    killer.join(timeout=5)
+    out = capsys.readouterr().out
+    assert "warning: env 1's worker failed at env step" in out and "SIGKILL" in out
+    assert trainer.counters["env_step"] == 400
+    assert trainer.venv.restart_counts == [0, 1]
+    assert_only_real_episodes(trainer.replay)
+    # Env 1 lost its partial episode: fewer episodes than the 2 x 400 / 50 = 16 steps allow.
+    assert trainer.replay.episodes_committed < 16
+    _, state, _ = latest_checkpoint(run_directory(cfg))
+    assert state["worker_restarts"] == [0, 1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_directory(cfg)))
+    events.Reload()
+    assert events.Scalars("time/worker_restarts")[-1].value == 1
+
+
+def test_too_many_worker_failures_stop_with_a_checkpoint_that_resumes(tmp_path, capsys):
+    cfg = async_vectors(tmp_path, total_steps=400, checkpoint_freq=1000)
+    cfg = replace(cfg, run=replace(cfg.run, max_worker_restarts_per_hour=0))
+    trainer = Trainer(cfg)
+    _kill_worker_when(trainer, env_index=0, at_env_step=130)
+    assert trainer.run() == 1
+    err = capsys.readouterr().err
+    assert "more than --max-worker-restarts-per-hour 0" in err and "--resume" in err
+    path, state, meta = latest_checkpoint(run_directory(cfg))
+    stopped_at = meta["step"]
+    assert 130 <= stopped_at < 400
+    assert state["envs"][0] is None and state["envs"][1] is not None
+    resumed = replace(cfg, run=replace(cfg.run, resume=True))
+    resumed_trainer = Trainer(resumed)
+    assert resumed_trainer.run() == 0
+    assert resumed_trainer.counters["env_step"] == 400
+    assert resumed_trainer.venv.restart_counts == [1, 0]  # env 0 began a new episode
+    assert_only_real_episodes(resumed_trainer.replay)
+
+
+def test_failed_checkpoint_write_keeps_the_previous_one_and_stops(tmp_path, capsys):
+    cfg = async_vectors(tmp_path, total_steps=400, checkpoint_freq=100)
+    trainer = Trainer(cfg)
+    real_save = trainer.replay.save
+    calls = {"n": 0}
+
+    def save_until_the_disk_is_full(directory):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        real_save(directory)
+
+    trainer.replay.save = save_until_the_disk_is_full
+    assert trainer.run() == 1
+    err = capsys.readouterr().err
+    checkpoints = run_directory(cfg) / "checkpoints"
+    assert "No space left on device" in err and str(checkpoints) in err
+    assert "step_000000000100" in err  # names the previous checkpoint, which is intact
+    assert [p.name for p in list_checkpoints(run_directory(cfg))] == ["step_000000000100"]
+    state, meta = load_checkpoint(checkpoints / "step_000000000100")
+    assert meta["replay_saved"] and state["counters"]["env_step"] == 100
+    assert not list(checkpoints.glob(".tmp*"))  # the half-written one is gone
+    assert trainer.counters["env_step"] == 200  # it stopped instead of training on
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_the_whole_process_group_checkpoints_exits_0_and_resumes(tmp_path):
+    cfg = async_vectors(tmp_path, total_steps=100_000, checkpoint_freq=50_000)
+    run_dir = run_directory(cfg)
+    proc = start_train(cfg, capture=True, new_group=True)
+    try:
+        assert _wait_for(lambda: list(run_dir.glob("events.out.*")), 120, proc)
+        assert _wait_for(lambda: len(_children(proc.pid)) >= 2, 60, proc)
+        time.sleep(3)  # let it train a little
+        os.killpg(proc.pid, signal.SIGTERM)  # the learner and its workers alike
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM" in out and "warning: env" not in out  # no worker died of it
+    path, state, meta = latest_checkpoint(run_dir)
+    assert 0 < meta["step"] < 100_000 and state["counters"]["env_step"] == meta["step"]
+    total = meta["step"] + 100
+    resumed = run_script("train.py", [*cli(cfg), "--resume", "--total-steps", str(total)])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"env step {meta['step']:,}" in resumed.stdout
+    assert latest_checkpoint(run_dir)[2]["step"] == total
+
+
+def test_sigkill_of_the_learner_leaves_no_worker_behind(tmp_path):
+    cfg = async_vectors(tmp_path, total_steps=100_000, checkpoint_freq=50_000)
+    proc = start_train(cfg, capture=False)
+    try:
+        assert _wait_for(lambda: list(run_directory(cfg).glob("events.out.*")), 120, proc)
+        workers = [pid for pid in _children(proc.pid) if _alive(pid)]
+        assert len(workers) >= 2
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if _alive(pid)]
+
+
+@pytest.mark.parametrize("fault, pixels", [("raise", True), ("hang", False)])
+def test_worker_exception_or_hang_in_a_run_is_a_warning_and_a_restart(
+    tmp_path, capsys, fault, pixels
+):
+    """The same handling inside the trainer's loop, for an env that raises or hangs (with
+    pixels: the failed env's frame stack restarts too)."""
+    from functools import partial
+
+    from fault_injection import FailingFetch
+
+    from pixelrl.vector_env import FetchVectorEnv
+
+    cfg = async_vectors(tmp_path, pixels=pixels, total_steps=200, checkpoint_freq=1000)
+    cfg = replace(cfg, run=replace(cfg.run, worker_timeout=3.0))
+    env_cfg = replace(cfg.env, n_envs=2)
+    factory = partial(FailingFetch, env_cfg, fault, 70, str(tmp_path / "marker"))
+    trainer = Trainer(cfg)
+    trainer.make_vector_env = lambda: FetchVectorEnv(env_cfg, seed=0, timeout_s=3.0, env_fn=factory)
+    assert trainer.run() == 0
+    assert trainer.venv.total_restarts == 1 and trainer.counters["env_step"] == 200
+    expected = "FloatingPointError" if fault == "raise" else "no answer within 3 s"
+    assert expected in capsys.readouterr().out
+    assert_only_real_episodes(trainer.replay)

@@ -1,0 +1,137 @@
+"""The worker pool survives its workers: kills, hangs and exceptions, with real processes."""
+
+import os
+import signal
+import time
+from dataclasses import replace
+from functools import partial
+
+import numpy as np
+import pytest
+from fault_injection import FailingFetch
+
+from pixelrl.config import EnvConfig
+from pixelrl.envs import PROPRIOCEPTION
+from pixelrl.vector_env import FetchVectorEnv, restart_seed
+
+REACH = EnvConfig(env_id="FetchReach-v4", no_pixels=True, n_envs=2, vector="async")
+INITIAL_GRIP_POS = np.array([1.3418, 0.7491, 0.5347])  # Reach's reset pose of the gripper
+
+
+def _random_actions(rng, n=2):
+    return rng.uniform(-1, 1, (n, 4)).astype(np.float32)
+
+
+def _failing_env(tmp_path, fault, at_step=3, env_index_marker="marker"):
+    return partial(FailingFetch, REACH, fault, at_step, str(tmp_path / env_index_marker))
+
+
+def test_killed_worker_is_replaced_and_the_step_reports_it():
+    rng = np.random.default_rng(0)
+    with FetchVectorEnv(REACH, seed=0) as venv:
+        venv.reset()
+        for _ in range(5):
+            before = venv.step(_random_actions(rng))
+        os.kill(venv.workers[1].process.pid, signal.SIGKILL)
+        step = venv.step(_random_actions(rng))
+        assert list(step.failures) == [1] and "SIGKILL" in step.failures[1]
+        assert step.failed.tolist() == [False, True]
+        assert venv.restart_counts == [0, 1]
+        # The replaced env starts a new episode; env 0 just took its next step.
+        np.testing.assert_allclose(step.obs[PROPRIOCEPTION][1, :3], INITIAL_GRIP_POS, atol=1e-3)
+        moved = step.next_obs[PROPRIOCEPTION][0, :3] - before.obs[PROPRIOCEPTION][0, :3]
+        assert 0 < np.linalg.norm(moved) < 0.1
+        assert step.reward[1] == 0 and not step.done[1]
+        follow = venv.step(_random_actions(rng))
+        assert not follow.failures and venv.restart_counts == [0, 1]
+
+
+def test_restarted_env_is_seeded_from_run_seed_index_and_restart_count(tmp_path):
+    seeds = {restart_seed(0, i, r) for i in range(2) for r in range(1, 3)}
+    assert len(seeds) == 4 and restart_seed(0, 1, 1) == restart_seed(0, 1, 1)
+    one_env = replace(REACH, n_envs=1)
+    goals = []
+    for attempt in range(2):  # the same failure twice gives the same new episode
+        factory = partial(FailingFetch, one_env, "exit", 3, str(tmp_path / f"m{attempt}"))
+        with FetchVectorEnv(one_env, seed=0, env_fn=factory) as venv:
+            first_goal = venv.reset()["desired_goal"][0]
+            for _ in range(3):
+                step = venv.step(_random_actions(np.random.default_rng(1), n=1))
+            assert list(step.failures) == [0]
+            goals.append(step.obs["desired_goal"][0].copy())
+    np.testing.assert_array_equal(goals[0], goals[1])
+    assert not np.array_equal(goals[0], first_goal)  # a new episode, not the seed-0 one
+
+
+def test_exception_in_env_step_restarts_that_worker(tmp_path):
+    with FetchVectorEnv(REACH, seed=0, env_fn=_failing_env(tmp_path, "raise")) as venv:
+        venv.reset()
+        failures = {}
+        for _ in range(4):
+            failures.update(venv.step(_random_actions(np.random.default_rng(2))).failures)
+        assert len(failures) == 1
+        (reason,) = failures.values()
+        assert "FloatingPointError" in reason and "NaN in qacc" in reason
+        assert venv.total_restarts == 1 and not venv.gave_up
+
+
+def test_hung_worker_is_detected_within_the_timeout(tmp_path):
+    factory = _failing_env(tmp_path, "hang")
+    with FetchVectorEnv(REACH, seed=0, timeout_s=3.0, env_fn=factory) as venv:
+        venv.reset()
+        start = time.monotonic()
+        failures = {}
+        for _ in range(4):
+            failures.update(venv.step(_random_actions(np.random.default_rng(3))).failures)
+        assert time.monotonic() - start < 20
+        (reason,) = failures.values()
+        assert "no answer within 3 s" in reason
+
+
+def test_past_the_restart_limit_the_env_stays_down_and_says_why():
+    with FetchVectorEnv(REACH, seed=0, max_restarts_per_hour=0) as venv:
+        venv.reset()
+        os.kill(venv.workers[0].process.pid, signal.SIGKILL)
+        step = venv.step(_random_actions(np.random.default_rng(4)))
+        assert 0 in step.failures and venv.down == {0}
+        assert "--max-worker-restarts-per-hour 0" in venv.gave_up
+        assert venv.get_states()[0] is None and venv.get_states()[1] is not None
+        again = venv.step(_random_actions(np.random.default_rng(4)))
+        assert list(again.failures) == [0] and venv.restart_counts == [0, 0]
+
+
+def test_set_states_starts_an_env_saved_without_a_worker_afresh():
+    with FetchVectorEnv(REACH, seed=0) as venv:
+        venv.reset()
+        for _ in range(10):
+            venv.step(_random_actions(np.random.default_rng(5)))
+        states = venv.get_states()
+        kept = venv.step(np.zeros((2, 4), np.float32)).obs
+    with FetchVectorEnv(REACH, seed=0) as restored:
+        obs = restored.set_states([states[0], None])
+        assert restored.restart_counts == [0, 1]
+        np.testing.assert_allclose(obs[PROPRIOCEPTION][1, :3], INITIAL_GRIP_POS, atol=1e-3)
+        step = restored.step(np.zeros((2, 4), np.float32))
+        np.testing.assert_array_equal(step.obs[PROPRIOCEPTION][0], kept[PROPRIOCEPTION][0])
+
+
+def test_close_is_bounded_even_with_a_stopped_worker():
+    venv = FetchVectorEnv(REACH, seed=0)
+    venv.reset()
+    stopped = venv.workers[1].process
+    os.kill(stopped.pid, signal.SIGSTOP)  # alive but answering nothing
+    start = time.monotonic()
+    venv.close()
+    assert time.monotonic() - start < 15
+    assert not stopped.is_alive()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_workers_ignore_sigint_and_sigterm(sig):
+    with FetchVectorEnv(REACH, seed=0) as venv:
+        venv.reset()
+        for worker in venv.workers:
+            os.kill(worker.process.pid, sig)
+        time.sleep(0.5)
+        step = venv.step(np.zeros((2, 4), np.float32))
+        assert not step.failures and all(w.process.is_alive() for w in venv.workers)
