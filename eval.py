@@ -24,11 +24,11 @@ import numpy as np
 import torch
 import tyro
 
+from pixelrl.build import build_agent, describe_env, load_config, resolve_device
 from pixelrl.checkpoint import load_checkpoint, resolve_checkpoint
 from pixelrl.config import ConfigError
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
 from pixelrl.frame_stack import FrameStack, policy_observation
-from pixelrl.trainer import build_agent, describe_env, load_config, resolve_device
 from pixelrl.vector_env import FetchVectorEnv
 
 
@@ -123,10 +123,7 @@ def evaluate(args: EvalArgs) -> dict:
                     results["final_distance"].append(float(distance))
                 returns[i] = 0.0
             if stack is not None:
-                stack.push(
-                    torch.as_tensor(step.obs[PIXELS], device=device),
-                    torch.as_tensor(step.done, device=device),
-                )
+                stack.push(torch.as_tensor(step.obs[PIXELS], device=device), step.done)
             obs = step.obs
     report = {
         "checkpoint": str(path),

@@ -8,18 +8,39 @@ Every flag: python train.py --help
 """
 
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering in the env workers
 # Idle OpenMP threads sleep instead of spinning: on a small CPU, spinning torch threads take
 # the cores the env workers render on (collection 97 -> 130 env steps/s on 2 cores; the
 # update speed does not change). Read when torch loads, so it is set before the import.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # headless rendering in the env workers
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import tyro
 
 from pixelrl.config import ConfigError, TrainConfig
 from pixelrl.trainer import Trainer
+
+
+@contextmanager
+def stop_on_signals(trainer: Trainer):
+    """Ctrl-C or SIGTERM (to this process or its whole group): finish the step, checkpoint,
+    exit 0. A second one stops at once."""
+
+    def request_stop(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then checkpointing")
+        trainer.request_stop()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main() -> int:
@@ -29,7 +50,8 @@ def main() -> int:
     except (ConfigError, MemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return trainer.run()
+    with stop_on_signals(trainer):
+        return trainer.run()
 
 
 if __name__ == "__main__":

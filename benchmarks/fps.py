@@ -4,6 +4,7 @@
     python benchmarks/fps.py                  # short: a few minutes on a 2-core CPU
     python benchmarks/fps.py --long           # longer phases, batch 256, two rounds
     python benchmarks/fps.py --device cuda --n-envs 8 --batch-size 256 --long
+    python benchmarks/fps.py --variants eager compile     # pixelrl with and without --compile
 
 Each (implementation, render path) runs in its own subprocess, in alternating order
 (pixelrl native, SB3 native, pixelrl 480-resize, SB3 480-resize, ...), through its real
@@ -14,7 +15,13 @@ batch, replay ratio, encoder, HER k, DrQ setting and render path. From one run e
                     (simulation + render + IPC), storing, frame stacking; no updates
     update-only     SAC updates/s sampling from the filled HER replay, no env
     end-to-end fps  env steps/s once learning runs (acting + stepping + storing + updates)
-    peak memory     peak RSS of the learner process, and of the largest env worker
+    peak memory     peak RSS of the learner process, and of the largest env worker; on CUDA
+                    also the learner's peak GPU memory (torch.cuda.max_memory_allocated)
+
+`--variants` runs pixelrl once per variant (eager, compile, amp, compile+amp: the train.py
+flags --compile and --amp bf16) beside the one SB3 run of each render path and round. With
+--compile, compiling happens at the first update, inside the steps skipped before the
+end-to-end rate is measured.
 
 pixelrl's side runs with OMP_WAIT_POLICY=PASSIVE, as train.py sets it; SB3's with its defaults.
 
@@ -83,6 +90,7 @@ def run_pixelrl(a) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from timing import calls_per_second
 
+    from pixelrl.build import run_directory
     from pixelrl.config import (
         EnvConfig,
         NetworkConfig,
@@ -91,7 +99,7 @@ def run_pixelrl(a) -> dict:
         SACConfig,
         TrainConfig,
     )
-    from pixelrl.trainer import Trainer, run_directory
+    from pixelrl.trainer import Trainer
 
     runs = tempfile.mkdtemp(prefix="pixelrl_fps_")
     cfg = TrainConfig(
@@ -116,15 +124,17 @@ def run_pixelrl(a) -> dict:
             save_buffer=False,
             runs_dir=runs,
             progress=False,
+            compile="compile" in a.variant,
+            amp="bf16" if "amp" in a.variant else "none",
         ),
     )
     trainer = Trainer(cfg)
-    memory = WorkerMemory(
-        lambda: [
-            p.pid
-            for p in getattr(getattr(getattr(trainer, "venv", None), "envs", None), "processes", [])
-        ]
-    )
+
+    def worker_pids():
+        workers = trainer.venv.workers if trainer.venv is not None else []
+        return [w.process.pid for w in workers if hasattr(w, "process")]
+
+    memory = WorkerMemory(worker_pids)
     memory.start()
     assert trainer.run() == 0
     worker_mb = memory.finish()
@@ -138,6 +148,12 @@ def run_pixelrl(a) -> dict:
         lambda: agent.update(replay.sample(a.batch_size)), a.update_seconds, sync, min_calls=3
     )
     return {"timeline": timeline, "updates_per_s": updates, "worker_mb": worker_mb}
+
+
+def gpu_memory_mb() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
 def run_sb3(a) -> dict:
@@ -197,6 +213,7 @@ def worker(a) -> None:
     warm = a.learning_starts + 5 * a.n_envs
     result["end_to_end_fps"] = _rate(timeline, warm, a.learning_starts + a.learn_steps)
     result["learner_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["gpu_mb"] = gpu_memory_mb()
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -228,6 +245,14 @@ def main() -> None:
     p.add_argument("--update-seconds", type=float, default=None)
     p.add_argument("--rounds", type=int, default=None)
     p.add_argument("--renders", nargs="+", default=["native", "resize"])
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager"],
+        choices=["eager", "compile", "amp", "compile+amp"],
+        help="pixelrl runs: as written (eager), --compile, --amp bf16 (CUDA), or both",
+    )
+    p.add_argument("--variant", default="eager", help=argparse.SUPPRESS)
     p.add_argument("--worker", choices=["pixelrl", "sb3"], help=argparse.SUPPRESS)
     p.add_argument("--render", choices=["native", "resize"], help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -243,7 +268,8 @@ def main() -> None:
     forwarded = [
         f"--{k.replace('_', '-')}={v}"
         for k, v in vars(a).items()
-        if k not in ("long", "worker", "render", "renders", "rounds", "drq") and v is not None
+        if k not in ("long", "worker", "render", "renders", "rounds", "drq", "variants", "variant")
+        and v is not None
     ]
     if a.drq:
         forwarded.append("--drq")
@@ -256,9 +282,11 @@ def main() -> None:
         flush=True,
     )
     results: dict[tuple[str, str], list[dict]] = {}
+    runs = [("pixelrl", v) for v in a.variants] + [("sb3", "eager")]
     for _ in range(a.rounds):
         for render in a.renders:
-            for impl in ("pixelrl", "sb3"):
+            for impl, variant in runs:
+                name = impl if impl == "sb3" else f"pixelrl ({variant})"
                 start = time.perf_counter()
                 proc = subprocess.run(
                     [
@@ -267,6 +295,7 @@ def main() -> None:
                         *forwarded,
                         f"--worker={impl}",
                         f"--render={render}",
+                        f"--variant={variant}",
                     ],
                     capture_output=True,
                     text=True,
@@ -274,41 +303,49 @@ def main() -> None:
                 lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode != 0 or not lines:
                     print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-                    raise SystemExit(f"{impl} {render} failed")
+                    raise SystemExit(f"{name} {render} failed")
                 result = json.loads(lines[-1][len("RESULT ") :])
-                results.setdefault((impl, render), []).append(result)
+                results.setdefault((name, render), []).append(result)
                 print(
-                    f"  {impl:7s} {render:6s}: collection {result['collection_fps']:.1f} "
+                    f"  {name:18s} {render:6s}: collection {result['collection_fps']:.1f} "
                     f"fps, updates {result['updates_per_s']:.3f}/s, end-to-end "
                     f"{result['end_to_end_fps']:.1f} fps ({time.perf_counter() - start:.0f} s)",
                     flush=True,
                 )
 
-    def median(impl, render, key):
-        return statistics.median(r[key] for r in results[(impl, render)])
+    def median(name, render, key):
+        return statistics.median(r[key] for r in results[(name, render)])
 
     label = {"native": "native 84", "resize": "480 + PIL resize"}
     keys = ("collection_fps", "updates_per_s", "end_to_end_fps")
     print(
-        "\n| implementation | render path | collection fps | updates/s | end-to-end fps "
-        "| peak learner MB | peak worker MB |"
+        "\n| implementation | render path | collection fps | per worker | updates/s "
+        "| end-to-end fps | peak learner MB | peak worker MB | peak GPU MB |"
     )
-    print("|---|---|---|---|---|---|---|")
-    for impl, render in results:
-        name = "pixelrl" if impl == "pixelrl" else f"SB3 ({a.vec_env})"
-        row = [f"{median(impl, render, k):.2f}" for k in keys]
-        row += [f"{median(impl, render, k):.0f}" for k in ("learner_mb", "worker_mb")]
-        print(f"| {name} | {label[render]} | " + " | ".join(row) + " |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, render in results:
+        shown = f"SB3 ({a.vec_env})" if name == "sb3" else name
+        collection = median(name, render, "collection_fps")
+        row = [f"{collection:.2f}", f"{collection / a.n_envs:.2f}"]
+        row += [f"{median(name, render, k):.2f}" for k in keys[1:]]
+        row += [f"{median(name, render, k):.0f}" for k in ("learner_mb", "worker_mb", "gpu_mb")]
+        print(f"| {shown} | {label[render]} | " + " | ".join(row) + " |")
     print("\n| comparison (pixelrl / SB3) | collection | update | end-to-end |")
     print("|---|---|---|---|")
-    pairs = [(f"equal render path: {label[r]}", r, r) for r in a.renders]
-    if "native" in a.renders and "resize" in a.renders:
-        pairs.append(
-            ("pixelrl native 84 vs SB3 480-resize (the seeds' default)", "native", "resize")
-        )
-    for name, ours, theirs in pairs:
-        ratios = [median("pixelrl", ours, k) / median("sb3", theirs, k) for k in keys]
-        print(f"| {name} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
+    for variant in a.variants:
+        ours_name = f"pixelrl ({variant})"
+        pairs = [(f"{ours_name}, equal render path: {label[r]}", r, r) for r in a.renders]
+        if "native" in a.renders and "resize" in a.renders:
+            pairs.append(
+                (
+                    f"{ours_name} native 84 vs SB3 480-resize (the seeds' default)",
+                    "native",
+                    "resize",
+                )
+            )
+        for name, ours, theirs in pairs:
+            ratios = [median(ours_name, ours, k) / median("sb3", theirs, k) for k in keys]
+            print(f"| {name} | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |")
 
 
 if __name__ == "__main__":

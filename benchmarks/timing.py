@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 
 
-def calls_per_second(fn, seconds: float, sync=lambda: None, min_calls: int = 0) -> float:
-    """One warm-up call, then as many calls as fit in `seconds` (at least `min_calls`).
+def calls_per_second(
+    fn, seconds: float, sync=lambda: None, min_calls: int = 0, warmup: int = 1
+) -> float:
+    """`warmup` untimed calls, then as many calls as fit in `seconds` (at least `min_calls`).
 
     `sync` waits for queued device work (torch.cuda.synchronize on CUDA) at both ends.
     """
-    fn()
+    for _ in range(warmup):
+        fn()
     sync()
     count, start = 0, time.perf_counter()
     while count < min_calls or time.perf_counter() - start < seconds:

@@ -2,6 +2,8 @@
 critic-encoder policy `train()` (the seeds' DrQv2SACPolicy + ManipulationExtractor).
 
     python benchmarks/update.py [--seconds 20] [--device cpu] [--encoders nature manip drqv2]
+    python benchmarks/update.py --encoders manip --variants eager compile   # torch.compile
+    python benchmarks/update.py --device cuda --variants eager compile amp compile+amp
 
 Both sides update on the same fixed batch (k=4 stacks of 84x84, proprioception, goals);
 SB3's replay sampling is replaced by that batch so only the update is timed.
@@ -22,6 +24,7 @@ from pixelrl.config import NetworkConfig, SACConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 
 SHAPES = {PIXELS: (12, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)}
+VARIANTS = ("eager", "compile", "amp", "compile+amp")
 
 
 def make_batch(b: int, device) -> Batch:
@@ -80,6 +83,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--encoders", nargs="+", default=["manip", "drqv2", "nature"])
     parser.add_argument("--no-sb3", action="store_true")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["eager"],
+        choices=VARIANTS,
+        help="pixelrl's update as written (eager), torch.compile'd, under bf16 autocast (amp, "
+        "CUDA), or both",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -91,20 +102,28 @@ def main() -> None:
     )
     results = {}
     for encoder in args.encoders:
-        torch.manual_seed(0)
-        agent = SAC(
-            SHAPES,
-            list(SHAPES),
-            [-1.0] * 4,
-            [1.0] * 4,
-            NetworkConfig(encoder=encoder),
-            SACConfig(),
-            device,
-        )
-        results[f"pixelrl {encoder}"] = calls_per_second(
-            lambda a=agent: a.update(batch), args.seconds, sync, min_calls=3
-        )
-        print(f"  pixelrl {encoder}: {results[f'pixelrl {encoder}']:.3f} updates/s", flush=True)
+        for variant in args.variants:
+            torch.manual_seed(0)
+            agent = SAC(
+                SHAPES,
+                list(SHAPES),
+                [-1.0] * 4,
+                [1.0] * 4,
+                NetworkConfig(encoder=encoder),
+                SACConfig(),
+                device,
+                reward_range=(-1.0, 0.0),
+                compile="compile" in variant,
+                amp="bf16" if "amp" in variant else "none",
+            )
+            name = f"pixelrl ({variant}) {encoder}"
+            # Compiling happens in the first calls (and on CUDA, recording the CUDA graphs):
+            # they are warm-up, not timed.
+            warmup = 3 if "compile" in variant else 1
+            results[name] = calls_per_second(
+                lambda a=agent: a.update(batch), args.seconds, sync, min_calls=3, warmup=warmup
+            )
+            print(f"  {name}: {results[name]:.3f} updates/s", flush=True)
     if not args.no_sb3:
         results["SB3 DrQv2SACPolicy manip"] = sb3_rate(batch, args.seconds, device)
     print("| implementation | encoder | updates/s | ratio to SB3 (manip) |")

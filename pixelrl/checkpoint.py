@@ -17,6 +17,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import torch
 
 PREFIX = "step_"
@@ -154,3 +155,27 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     if found is None:
         raise FileNotFoundError(f"--checkpoint {path}: no complete checkpoint there")
     return found[0]
+
+
+def to_tensor_tree(value):
+    """numpy arrays -> tensors, recursively, so that state.pt loads with weights_only=True."""
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, dict):
+        return {k: to_tensor_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_tensor_tree(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def from_tensor_tree(value):
+    """The inverse of `to_tensor_tree`: tensors -> numpy arrays, recursively."""
+    if isinstance(value, torch.Tensor):
+        return value.numpy()
+    if isinstance(value, dict):
+        return {k: from_tensor_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_tensor_tree(v) for v in value]
+    return value

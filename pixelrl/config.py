@@ -193,6 +193,13 @@ class RunConfig:
     """Run the update while the workers step (--no-overlap: strictly sequential)."""
     progress: bool = True
     """Show a progress bar on the terminal."""
+    compile: bool = False
+    """Compile the whole SAC update with torch.compile (on CUDA with CUDA graphs and
+    capturable Adam). The first updates wait for the compiler (about a minute); the eager
+    update in pixelrl/agents/sac.py stays the reference."""
+    amp: Literal["none", "bf16"] = "none"
+    """bf16: run the networks' forward passes under bf16 autocast (CUDA only); losses and
+    optimizer state stay fp32."""
     worker_timeout: float = 120.0
     """Seconds an env worker may take to answer before it counts as hung and is replaced."""
     max_worker_restarts_per_hour: int = 20
@@ -333,6 +340,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--worker-timeout {run.worker_timeout}: must be > 0")
     if s.learning_starts < 0:
         raise ConfigError(f"--learning-starts {s.learning_starts}: must be >= 0")
+    if run.amp not in ("none", "bf16"):
+        raise ConfigError(f"--amp {run.amp!r}: choose none or bf16")
+    if run.amp == "bf16" and (run.device == "cpu"):
+        raise ConfigError("--amp bf16 needs a CUDA device (--device cuda or auto on a GPU)")
     if run.device != "auto" and not (
         run.device == "cpu" or run.device == "cuda" or run.device.startswith("cuda:")
     ):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+
+from pixelrl.transfer import to_device
 
 
 class FrameStack:
@@ -21,14 +24,15 @@ class FrameStack:
         fill = frames.unsqueeze(1).expand_as(self.frames)
         if mask is None:
             self.frames.copy_(fill)
-        else:
-            self.frames[mask] = fill[mask]
+        else:  # where, not boolean indexing: indexing by a mask makes CUDA wait (nonzero)
+            self.frames.copy_(torch.where(mask.view(-1, 1, 1, 1, 1), fill, self.frames))
 
-    def push(self, frames: torch.Tensor, new_episode: torch.Tensor | None = None) -> None:
-        """Append the newest frames; envs flagged in `new_episode` restart their stack."""
+    def push(self, frames: torch.Tensor, new_episode: np.ndarray | None = None) -> None:
+        """Append the newest frames (N, 3, H, W); envs flagged in `new_episode` (N,) bool, on
+        the host, restart their stack."""
         self.frames = torch.cat([self.frames[:, 1:], frames.unsqueeze(1)], dim=1)
-        if new_episode is not None and bool(new_episode.any()):
-            self.reset(frames, new_episode)
+        if new_episode is not None and new_episode.any():  # decided on the host: no sync
+            self.reset(frames, to_device(new_episode, self.frames.device))
 
     def stacked(self) -> torch.Tensor:
         """(N, 3*k, H, W) uint8, oldest frame first."""
@@ -38,7 +42,7 @@ class FrameStack:
 
 def policy_observation(obs: dict, stack: FrameStack | None, device) -> dict[str, torch.Tensor]:
     """What the policy acts on: the env's vectors on `device`, pixels replaced by the stacks."""
-    out = {k: torch.as_tensor(v, device=device) for k, v in obs.items() if k != "pixels"}
+    out = {k: to_device(v, device) for k, v in obs.items() if k != "pixels"}
     if stack is not None:
         out["pixels"] = stack.stacked()
     return out

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+RECENT_WINDOW_S = 10.0  # the progress bar's fps is the rate over the last 10 seconds
 
 
 class Logger:
@@ -25,6 +28,28 @@ class Logger:
         self.show_progress = progress
         self.tty = sys.stdout.isatty()
         self._last_bar = 0.0
+        self.start()
+
+    def start(self, step: int = 0) -> None:
+        """Measure fps and elapsed time from now, at env step `step`."""
+        self._start_time, self._start_step = time.monotonic(), step
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._start_time
+
+    def average_fps(self, step: int) -> float:
+        """Env steps per second since `start` (SB3's time/fps)."""
+        return (step - self._start_step) / max(self.elapsed(), 1e-9)
+
+    def _recent_fps(self, step: int, now: float) -> float:
+        self._recent.append((now, step))
+        while len(self._recent) > 2 and now - self._recent[0][0] > RECENT_WINDOW_S:
+            self._recent.popleft()
+        then, then_step = self._recent[0]
+        if now - then < 1.0:  # too short a window to say anything: the average so far
+            return self.average_fps(step)
+        return (step - then_step) / (now - then)
 
     def log(self, metrics: dict, step: int) -> None:
         for name, value in metrics.items():
@@ -32,11 +57,12 @@ class Logger:
                 value = value.item()
             self.writer.add_scalar(name, float(value), step)
 
-    def progress(self, step: int, fps: float, success: float | None, force: bool = False):
-        """Steps, fps, ETA and recent success; redrawn in place on a terminal."""
+    def progress(self, step: int, success: float | None, force: bool = False) -> None:
+        """Steps, recent fps, ETA and recent success; redrawn in place on a terminal."""
         if not self.show_progress:
             return
         now = time.monotonic()
+        fps = self._recent_fps(step, now)
         if not force and now - self._last_bar < (0.5 if self.tty else 30.0):
             return
         self._last_bar = now
@@ -54,6 +80,13 @@ class Logger:
             print("\r" + line, end="", flush=True)
         else:
             print(line, flush=True)
+
+    def summary(self, step: int) -> str:
+        steps = step - self._start_step
+        return (
+            f"{steps:,} env steps in {_duration(self.elapsed())} "
+            f"({self.average_fps(step):.1f} env steps/s on average)"
+        )
 
     def close(self) -> None:
         if self.tty and self.show_progress:

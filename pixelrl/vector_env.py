@@ -43,6 +43,7 @@ from pixelrl.config import EnvConfig, validate_env_config
 from pixelrl.envs import FetchObservation, make_fetch_env
 
 DEFAULT_TIMEOUT_S = 120.0
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 DEFAULT_MAX_RESTARTS_PER_HOUR = 20
 _CLOSE_WAIT_S = 5.0  # how long close() waits for workers to exit before it kills them
 
@@ -81,9 +82,11 @@ def _run_command(env: FetchObservation, command: str, data):
 
 def _worker_main(env_fn: Callable[[], FetchObservation], conn) -> None:
     """A worker process: serve requests until told to close or until the learner is gone."""
-    # The learner alone decides when workers stop; see the module docstring.
+    # The learner alone decides when workers stop; see the module docstring. The worker was
+    # started with both signals blocked, so none got through before they are ignored here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     env = None
     try:
         try:
@@ -130,6 +133,27 @@ def _exit_description(exitcode: int | None) -> str:
 
 
 # ---------------------------------------------------------------------------- the learner side
+def _start_with_stop_signals_blocked(process, ctx) -> None:
+    """Start a worker so that SIGINT and SIGTERM sent while it boots wait until it ignores them.
+
+    A new process inherits the blocked-signal mask of the thread that starts it (a mask, not
+    signal.signal, so this works off the main thread too). Two helpers of multiprocessing get
+    in the way: the resource tracker unblocks both signals right after it launches itself
+    (so it is started first), and forkserver workers inherit the fork server's mask (so the
+    server starts with them blocked). In this process they are pending for the start alone.
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        if ctx.get_start_method() == "forkserver":
+            forkserver.ensure_running()
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
+
+
 class _ProcessWorker:
     """One env in its own process; requests and answers go through a pipe."""
 
@@ -138,7 +162,7 @@ class _ProcessWorker:
         self.process = ctx.Process(
             target=_worker_main, args=(env_fn, child_conn), name=name, daemon=True
         )
-        self.process.start()
+        _start_with_stop_signals_blocked(self.process, ctx)
         child_conn.close()  # the worker's end lives in the worker; EOF reaches us if it dies
 
     def send(self, command: str, data=None) -> None:

@@ -24,8 +24,7 @@ class FailingFetch(FetchObservation):
 
     def step(self, action):
         self.steps += 1
-        if self.steps == self.at_step and not self.marker.exists():
-            self.marker.touch()
+        if self.steps == self.at_step and self._first_to_fail():
             if self.fault == "raise":
                 raise FloatingPointError("simulated MuJoCo instability: NaN in qacc")
             if self.fault == "hang":
@@ -33,3 +32,11 @@ class FailingFetch(FetchObservation):
             if self.fault == "exit":
                 os.kill(os.getpid(), signal.SIGKILL)
         return super().step(action)
+
+    def _first_to_fail(self) -> bool:
+        """Creates the marker atomically: of envs failing at the same step, one wins."""
+        try:
+            os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            return False
+        return True

@@ -214,7 +214,7 @@ def test_frame_stack_repeats_first_frame_and_keeps_newest_last():
     assert torch.equal(stack.stacked()[:, -6:-3], first)
     # Env 1 starts a new episode: its whole stack is its new first frame.
     third = first + 2
-    stack.push(third, new_episode=torch.tensor([False, True, False]))
+    stack.push(third, new_episode=np.array([False, True, False]))
     assert torch.equal(stack.stacked()[1], third[1].repeat(k, 1, 1))
     assert torch.equal(stack.stacked()[0, -6:-3], second[0])
 

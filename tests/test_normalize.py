@@ -214,3 +214,13 @@ def test_clip_q_target_bounds_the_regression_target(clip):
         assert loss == 0.0  # every target clipped to 0, the online critic's value
     else:
         assert loss > 0.5 * 90.0**2  # r + 0.95 (100 - alpha log pi) is ~95
+
+
+def test_statistics_saved_with_a_0_dim_count_still_load():
+    stats = RunningMeanStd(3)
+    stats.update(torch.ones(4, 3))
+    state = {k: v.clone() for k, v in stats.state_dict().items()}
+    state["count"] = state["count"].reshape(())  # as checkpoints before the (1,) count hold
+    restored = RunningMeanStd(3)
+    restored.load_state_dict(state)
+    assert restored.count.tolist() == [4.0] and torch.equal(restored.mean, stats.mean)

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from pixelrl.build import config_tag, run_directory
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pixelrl.config import EnvConfig, ReplayConfig, RunConfig, SACConfig, TrainConfig
-from pixelrl.trainer import Trainer, config_tag, run_directory
+from pixelrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -282,14 +283,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     def update(batch):
         calls["n"] += 1
         metrics = real_update(batch)
-        if calls["n"] == 30:  # update k runs at env step 60 + 2(k-1) = 118: after step 100
+        # Updates start once an episode is complete (env step 100); update k runs at env
+        # step 100 + 2(k-1): update 30 at 158, after the checkpoint at 100.
+        if calls["n"] == 30:
             metrics["critic_loss"] = torch.tensor(float("nan"))
         return metrics
 
     trainer.agent.update = update
     assert trainer.run() == 1
     out = capsys.readouterr().out
-    assert "non-finite critic_loss at env step" in out
+    assert "non-finite critic_loss in the updates between env step 120 and 160" in out
     steps = [int(p.name.split("_")[1]) for p in list_checkpoints(run_directory(cfg))]
     assert steps == [100]  # the last good one, and nothing written after the NaN
     assert "step_000000000100" in out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from fault_injection import FailingFetch
 
+from pixelrl import vector_env
 from pixelrl.config import EnvConfig
 from pixelrl.envs import PROPRIOCEPTION
 from pixelrl.vector_env import FetchVectorEnv, restart_seed
@@ -133,5 +134,23 @@ def test_workers_ignore_sigint_and_sigterm(sig):
         for worker in venv.workers:
             os.kill(worker.process.pid, sig)
         time.sleep(0.5)
+        step = venv.step(np.zeros((2, 4), np.float32))
+        assert not step.failures and all(w.process.is_alive() for w in venv.workers)
+
+
+@pytest.mark.parametrize("mp_context", ["spawn", "forkserver"])
+def test_a_signal_while_workers_start_does_not_kill_them(monkeypatch, mp_context):
+    """SIGINT and SIGTERM reach each worker right after it was started, long before its
+    Python is up (as a group signal from a scheduler can): it still lives and answers."""
+    start = vector_env._ProcessWorker.__init__
+
+    def start_then_signal(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        os.kill(self.process.pid, signal.SIGTERM)
+        os.kill(self.process.pid, signal.SIGINT)
+
+    monkeypatch.setattr(vector_env._ProcessWorker, "__init__", start_then_signal)
+    with FetchVectorEnv(replace(REACH, mp_context=mp_context), seed=0) as venv:
+        venv.reset()
         step = venv.step(np.zeros((2, 4), np.float32))
         assert not step.failures and all(w.process.is_alive() for w in venv.workers)

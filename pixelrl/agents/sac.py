@@ -14,8 +14,10 @@ Which loss trains the image encoder is one choice (`--encoder-grad`), visible in
     separate  actor and critic each own an encoder (SB3's default).
 
 The target critic has its own encoder copy, moved only by Polyak averaging. Each batch is
-encoded once per role: obs once with gradient (reused, detached, by the actor in the shared
-modes) and next obs without gradient, by the encoder `--next-obs-encoder` names:
+encoded once per role: obs with gradient for the encoder's owner (with `critic` routing the
+actor reuses those features, detached; with `actor` routing the critic reads the encoder
+without gradient and the actor step encodes with gradient), and next obs without gradient, by
+the encoder `--next-obs-encoder` names:
 
     target    the target encoder, whose features serve both the target Q and the next
               action (one pass; the target encoder is a Polyak-lagged copy of the online one)
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +70,10 @@ class SAC(nn.Module):
         action_low, action_high: the env's action bounds, (A,).
         reward_range: (lowest, highest) reward of the env; bounds the critic target when
             `cfg.clip_q_target` (Fetch's sparse reward: (-1, 0)).
+        compile: wrap `_update` with torch.compile (on CUDA: CUDA graphs through
+            "reduce-overhead", and capturable Adam so that its step count stays on the device).
+        amp: "bf16" runs the networks' forward passes under bf16 autocast (CUDA only); losses
+            and optimizer state stay fp32.
     """
 
     def __init__(
@@ -79,6 +86,8 @@ class SAC(nn.Module):
         cfg: SACConfig,
         device: torch.device | str = "cpu",
         reward_range: tuple[float, float] = (-math.inf, math.inf),
+        compile: bool = False,
+        amp: str = "none",
     ):
         super().__init__()
         self.cfg = cfg
@@ -130,11 +139,23 @@ class SAC(nn.Module):
             critic_groups.append({"params": self.critic_encoder.parameters(), "lr": encoder_lr})
         if self.routing in ("actor", "separate"):
             actor_groups.append({"params": self.actor_encoder.parameters(), "lr": encoder_lr})
-        self.critic_optimizer = torch.optim.Adam(critic_groups, lr=cfg.learning_rate)
-        self.actor_optimizer = torch.optim.Adam(actor_groups, lr=cfg.learning_rate)
-        self.alpha_optimizer = (
-            torch.optim.Adam([self.log_alpha], lr=cfg.learning_rate) if self.learn_alpha else None
-        )
+        # CUDA graphs replay kernels without the host: Adam must keep its step count on the
+        # device (capturable) for the compiled update to be captured.
+        capturable = compile and self.device.type == "cuda"
+        adam = partial(torch.optim.Adam, lr=cfg.learning_rate, capturable=capturable)
+        self.critic_optimizer = adam(critic_groups)
+        self.actor_optimizer = adam(actor_groups)
+        self.alpha_optimizer = adam([self.log_alpha]) if self.learn_alpha else None
+
+        # Speed-ups wrap the readable `_update`; they never replace it.
+        if amp not in ("none", "bf16"):
+            raise ValueError(f"--amp {amp!r}: choose none or bf16")
+        self.amp = amp == "bf16"
+        self.compiled = compile
+        self._update_step = self._update
+        if compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self._update_step = torch.compile(self._update, mode=mode)
 
     @property
     def device(self) -> torch.device:
@@ -151,46 +172,77 @@ class SAC(nn.Module):
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One gradient step of critic, actor and alpha, then the Polyak update.
 
-        Returns detached scalar tensors (no device sync here; the logger calls .item()).
+        Draws the policy's noise here, so that `_update` is a function of its tensors alone
+        (the compiled and the eager version see the same numbers). Returns detached scalar
+        tensors, without a device sync (the logger calls .item()).
         """
-        alpha = self.log_alpha.detach().exp()
+        noise = torch.randn(
+            (2, len(batch.action), batch.action.shape[-1]), device=batch.action.device
+        )
+        if self.compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # outputs of the last step are read
+        return self._update_step(
+            batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated, noise
+        )
 
-        # Normalize: the statistics take in this batch, then scale obs and next obs alike.
-        self.normalizer.update(batch.obs)
-        obs, next_obs = self.normalizer(batch.obs), self.normalizer(batch.next_obs)
-
-        # Encode: obs once with gradient for the encoder's owner; next obs without gradient.
-        if self.routing == "critic":
-            critic_features = self.critic_encoder(obs)
-            actor_features = critic_features.detach()
-        elif self.routing == "actor":
-            actor_features = self.actor_encoder(obs)
-            critic_features = actor_features.detach()
-        else:
-            critic_features = self.critic_encoder(obs)
-            actor_features = self.actor_encoder(obs)
+    def _encode(self, obs, next_obs):
+        """Features of obs for the critic (with gradient when the critic owns the encoder),
+        and of next obs for the target Q and the next action (without gradient)."""
+        with torch.set_grad_enabled(self.routing != "actor"):  # `actor`: the critic reads
+            critic_features = self.critic_encoder(obs)  # the actor's encoder, no gradient
         with torch.no_grad():
-            next_obs_encoder = self.cfg.next_obs_encoder
-            if next_obs_encoder == "online":
+            if self.cfg.next_obs_encoder == "online":
                 next_features = self.critic_encoder(next_obs)
             else:
                 next_features = self.target_encoder(next_obs)
-            if self.routing == "separate" or next_obs_encoder == "split":
+            if self.routing == "separate" or self.cfg.next_obs_encoder == "split":
                 next_actor_features = self.actor_encoder(next_obs)
             else:  # shared encoders: the features above are the actor's too
                 next_actor_features = next_features
+        return critic_features, next_features, next_actor_features
 
-        # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
-        with torch.no_grad():
-            next_action, next_log_prob = self.actor.sample(next_actor_features)
-            target_q1, target_q2 = self.target_critic(next_features, next_action)
-            next_value = torch.min(target_q1, target_q2) - alpha * next_log_prob
-            target_q = batch.reward + self.cfg.gamma * (1.0 - batch.terminated) * next_value
-            target_q = target_q.clamp(*self.q_target_bounds)  # (-inf, inf) unless clipped
+    def _actor_features(self, obs, critic_features):
+        """Features of obs for the actor step: the critic's, detached, when the critic owns the
+        encoder; otherwise a pass of the actor's encoder with gradient. Encoded here, after the
+        critic step, so that each backward pass has a graph of its own (a compiled update
+        would otherwise join both encoder passes in one node that the first backward frees)."""
+        if self.routing == "critic":
+            return critic_features.detach()
+        return self.actor_encoder(obs)
 
-        # Critic step (with `critic` routing this also steps the encoder).
-        q1, q2 = self.critic(critic_features, batch.action)
-        critic_loss = 0.5 * (F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q))
+    def _update(
+        self,
+        obs: dict[str, torch.Tensor],
+        action: torch.Tensor,
+        reward: torch.Tensor,
+        next_obs: dict[str, torch.Tensor],
+        terminated: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """The SAC update on tensors: obs/next_obs dicts of (B, ...) (pixels uint8), action
+        (B, A), reward and terminated (B,), noise (2, B, A) standard normal (next action,
+        actor's action). `__init__` may wrap it with torch.compile; it reads no value on the
+        host."""
+        alpha = self.log_alpha.detach().exp()
+
+        # Normalize: the statistics take in this batch, then scale obs and next obs alike.
+        self.normalizer.update(obs)
+        obs, next_obs = self.normalizer(obs), self.normalizer(next_obs)
+
+        with self._autocast():
+            critic_features, next_features, next_actor_features = self._encode(obs, next_obs)
+
+            # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
+            with torch.no_grad():
+                next_action, next_log_prob = self.actor.sample(next_actor_features, noise[0])
+                target_q1, target_q2 = self.target_critic(next_features, next_action)
+                next_value = torch.min(target_q1, target_q2) - alpha * next_log_prob
+                target_q = reward + self.cfg.gamma * (1.0 - terminated) * next_value
+                target_q = target_q.clamp(*self.q_target_bounds)  # (-inf, inf) unless clipped
+
+            # Critic step (with `critic` routing this also steps the encoder).
+            q1, q2 = self.critic(critic_features, action)
+            critic_loss = 0.5 * (F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q))
         self.critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.backward()
         self.critic_optimizer.step()
@@ -198,9 +250,11 @@ class SAC(nn.Module):
         # Actor step: maximize min Q - alpha log pi. The critic judges detached features, so
         # the encoder gets no gradient through Q; with `actor`/`separate` routing it gets one
         # through the actor's own path.
-        action, log_prob = self.actor.sample(actor_features)
-        q1_pi, q2_pi = self.critic(critic_features.detach(), action)
-        actor_loss = (alpha * log_prob - torch.min(q1_pi, q2_pi)).mean()
+        with self._autocast():
+            actor_features = self._actor_features(obs, critic_features)
+            pi_action, log_prob = self.actor.sample(actor_features, noise[1])
+            q1_pi, q2_pi = self.critic(critic_features.detach(), pi_action)
+            actor_loss = (alpha * log_prob - torch.min(q1_pi, q2_pi)).mean()
         self.actor_optimizer.zero_grad(set_to_none=True)
         actor_loss.backward()
         self.actor_optimizer.step()
@@ -224,6 +278,11 @@ class SAC(nn.Module):
             q_mean=0.5 * (q1.detach().mean() + q2.detach().mean()),
         )
         return metrics
+
+    def _autocast(self):
+        """bf16 autocast of the networks' forward passes with --amp bf16 (CUDA); else nothing.
+        The heads return fp32, so losses, targets and log-probs stay in fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
     @torch.no_grad()
     def soft_update(self) -> None:

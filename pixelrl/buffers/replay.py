@@ -37,6 +37,7 @@ from pixelrl.buffers.augment import random_shift
 from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
 from pixelrl.config import ConfigError, ReplayConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+from pixelrl.transfer import to_device
 
 # Kept free on top of the buffer: the learner's networks, batches and the OS need room too.
 MEMORY_HEADROOM_FRACTION = 0.9
@@ -182,6 +183,9 @@ class EpisodeReplay:
         self.next_slot = 0  # ring position of the next committed episode
         self.num_episodes = 0  # episodes stored (<= capacity)
         self.episodes_committed = 0  # ever committed
+        # Episode lengths are kept on the host too, so that sampling never reads the device.
+        self.host_lengths = np.zeros(self.capacity, dtype=np.int64)
+        self.num_transitions = 0  # transitions stored (host)
         self._cumulative_lengths = torch.zeros(0, dtype=torch.int64, device=self.device)
 
     # ------------------------------------------------------------------ storage
@@ -203,16 +207,12 @@ class EpisodeReplay:
         out["terminated"] = torch.zeros(n, dtype=torch.bool, device=dev)
         return out
 
-    @property
-    def num_transitions(self) -> int:
-        return int(self._cumulative_lengths[-1]) if self.num_episodes else 0
-
     # ------------------------------------------------------------------ adding
     def _write_step(self, envs: torch.Tensor, steps: torch.Tensor, obs: dict) -> None:
         for key in self.spec.obs_shapes:
             if key == DESIRED_GOAL:
                 continue
-            self.staging[key][envs, steps] = obs[key][envs].to(self.device)
+            self.staging[key][envs, steps] = obs[key][envs]
 
     def _write_all(self, step: int, obs: dict) -> None:
         """All envs at the same step (Fetch's fixed-length episodes): one slice copy per key."""
@@ -225,11 +225,11 @@ class EpisodeReplay:
 
         obs: dict of (N, ...) tensors/arrays for all N envs.
         """
-        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        obs = {k: to_device(v, self.device) for k, v in obs.items()}
         envs = np.arange(self.spec.n_envs) if envs is None else np.asarray(envs)
         if len(envs) == 0:
             return
-        idx = torch.as_tensor(envs, device=self.device)
+        idx = to_device(envs, self.device)
         self._write_step(idx, torch.zeros_like(idx), obs)
         self.staging[DESIRED_GOAL][idx] = obs[DESIRED_GOAL][idx].float()
         self.staged_steps[envs] = 0
@@ -266,15 +266,15 @@ class EpisodeReplay:
                 f"an episode ran past max_episode_steps={T} without ending; the replay's "
                 "episode length does not match the env"
             )
-        action = torch.as_tensor(action, dtype=torch.float32, device=self.device)
-        next_obs = {k: torch.as_tensor(v, device=self.device) for k, v in next_obs.items()}
+        action = to_device(action, self.device, torch.float32)
+        next_obs = {k: to_device(v, self.device) for k, v in next_obs.items()}
         if (self.staged_steps == self.staged_steps[0]).all():
             step = int(self.staged_steps[0])
             self.staging["actions"][:, step].copy_(action)
             self._write_all(step + 1, next_obs)
         else:
             envs = torch.arange(self.spec.n_envs, device=self.device)
-            steps = torch.as_tensor(self.staged_steps, device=self.device)
+            steps = to_device(self.staged_steps, self.device)
             self.staging["actions"][envs, steps] = action
             self._write_step(envs, steps + 1, next_obs)
         self.staged_steps += 1
@@ -294,16 +294,18 @@ class EpisodeReplay:
             envs, terminated = envs[-self.capacity :], terminated[-self.capacity :]
         n = len(envs)
         slots = (self.next_slot + np.arange(n)) % self.capacity
-        src = torch.as_tensor(envs, device=self.device)
-        dst = torch.as_tensor(slots, device=self.device)
+        src = to_device(envs, self.device)
+        dst = to_device(slots, self.device)
         for key, tensor in self.staging.items():
             if key in ("lengths", "terminated"):
                 continue
             self.storage[key][dst] = tensor[src]
-        self.storage["lengths"][dst] = torch.as_tensor(self.staged_steps[envs], device=self.device)
-        self.storage["terminated"][dst] = torch.as_tensor(terminated, device=self.device)
+        self.storage["lengths"][dst] = to_device(self.staged_steps[envs], self.device)
+        self.storage["terminated"][dst] = to_device(terminated, self.device)
+        self.host_lengths[slots] = self.staged_steps[envs]
         self.next_slot = int((self.next_slot + n) % self.capacity)
         self.num_episodes = min(self.capacity, self.num_episodes + n)
+        self.num_transitions = int(self.host_lengths[: self.num_episodes].sum())
         self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
 
     # ------------------------------------------------------------------ sampling
@@ -312,7 +314,9 @@ class EpisodeReplay:
         if self.num_episodes == 0:
             raise RuntimeError("cannot sample: no complete episode has been stored yet")
         cum = self._cumulative_lengths
-        u = torch.randint(int(cum[-1]), (batch_size,), device=self.device, generator=self.generator)
+        u = torch.randint(
+            self.num_transitions, (batch_size,), device=self.device, generator=self.generator
+        )
         episode = torch.searchsorted(cum, u, right=True)
         t = u - (cum[episode] - self.storage["lengths"][episode])
         return episode, t
@@ -425,5 +429,7 @@ class EpisodeReplay:
         self.next_slot = meta["next_slot"]
         self.episodes_committed = meta["episodes_committed"]
         self.staged_steps = np.asarray(meta["staged_steps"], dtype=np.int64)
+        self.host_lengths = self.storage["lengths"].cpu().numpy().copy()
+        self.num_transitions = int(self.host_lengths[: self.num_episodes].sum())
         self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
         self.generator.set_state(torch.load(path / "generator.pt"))

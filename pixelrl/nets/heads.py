@@ -52,14 +52,22 @@ class SquashedGaussianActor(nn.Module):
         self.register_buffer("action_bias", (high + low) / 2)
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std), each (B, A) fp32 (also under bf16 autocast: the log-prob needs it)."""
         latent = F.relu(self.trunk(features))
-        log_std = self.log_std(latent).clamp(LOG_STD_MIN, LOG_STD_MAX)
-        return self.mean(latent), log_std
+        log_std = self.log_std(latent).float().clamp(LOG_STD_MIN, LOG_STD_MAX)
+        return self.mean(latent).float(), log_std
 
-    def sample(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A reparameterized action (B, A) in the env's bounds and its log-prob (B,)."""
+    def sample(
+        self, features: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A reparameterized action (B, A) in the env's bounds and its log-prob (B,).
+
+        noise: (B, A) standard normal draws (default: drawn here).
+        """
         mean, log_std = self(features)
-        pre_tanh = mean + log_std.exp() * torch.randn_like(mean)
+        if noise is None:
+            noise = torch.randn_like(mean)
+        pre_tanh = mean + log_std.exp() * noise
         log_prob = squashed_gaussian_log_prob(pre_tanh, mean, log_std)
         log_prob = log_prob - torch.log(self.action_scale).sum()
         return torch.tanh(pre_tanh) * self.action_scale + self.action_bias, log_prob
@@ -79,5 +87,6 @@ class TwinQ(nn.Module):
         self.q2 = mlp(features_dim + action_dim, hidden_sizes, 1)
 
     def forward(self, features: torch.Tensor, action: torch.Tensor):
-        x = torch.cat([features, action], dim=-1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
+        """(Q1, Q2), each (B,) fp32."""
+        x = torch.cat([features, action.to(features.dtype)], dim=-1)
+        return self.q1(x).squeeze(-1).float(), self.q2(x).squeeze(-1).float()

@@ -35,26 +35,34 @@ class RunningMeanStd(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        # Shape (1,), not a 0-dim tensor: torch.compile (2.13) drops in-place updates of 0-dim
+        # float64 buffers.
+        self.register_buffer("count", torch.zeros(1, dtype=torch.float64))
         self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
         # Sum of squared deviations from the mean (variance = m2 / count).
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        count = state_dict.get(prefix + "count")
+        if count is not None and count.dim() == 0:  # saved before count became (1,)
+            state_dict[prefix + "count"] = count.reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def update(self, rows: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
         """Merge rows (B, D); `weight` 0 leaves the statistics as they are, without a branch
         (a branch on a device value would wait for the device)."""
         rows = rows.to(torch.float64)
-        batch_count = rows.shape[0] * torch.as_tensor(weight, dtype=torch.float64)
+        batch_count = rows.shape[0] * weight
         batch_mean = rows.mean(0)
         batch_m2 = ((rows - batch_mean) ** 2).sum(0)
         total = self.count + batch_count
         share = batch_count / total.clamp_min(1.0)  # the batch's share of all rows
         delta = batch_mean - self.mean
         self.mean.add_(delta * share)
-        self.m2.add_(batch_m2 * torch.as_tensor(weight, dtype=torch.float64))
+        self.m2.add_(batch_m2 * weight)
         self.m2.add_(delta**2 * self.count * share)
-        self.count.copy_(total)
+        self.count.add_(batch_count)
 
     @property
     def std(self) -> torch.Tensor:

@@ -1,0 +1,169 @@
+"""Building the parts of a run from its config: device, run directory, env description,
+replay and agent; shared by the trainer, eval.py and the policy loader.
+
+Nothing here starts a worker process or allocates a large buffer by itself, except
+`build_replay`, which checks its memory plan first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from pixelrl.agents.sac import SAC
+from pixelrl.buffers.her import reward_range
+from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
+from pixelrl.config import ConfigError, TrainConfig, from_dict, to_dict
+from pixelrl.envs import PIXELS, make_fetch_env, max_episode_steps, policy_keys, reward_params
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: auto (cuda if available, else cpu), cpu, cuda or cuda:N."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+# Short names for the run-directory tag; options not listed use their field name.
+_TAG_NAMES = {
+    "drq": lambda v: "DrQ" if v else "noDrQ",
+    "full_state": lambda v: "fullState" if v else "",
+    "no_pixels": lambda v: "noPix" if v else "",
+    "native_render": lambda v: "" if v else "resize480",
+    "spatial_softmax": lambda v: "" if v else "noSS",
+    "norm": lambda v: "norm" if v else "",
+    "show_goal": lambda v: "showGoal" if v else "",
+    "encoder_grad": lambda v: f"{v}Enc",
+    "frame_stack": lambda v: f"fs{v}",
+    "her_n_sampled_goal": lambda v: f"her{v}",
+    "buffer_size": lambda v: f"buf{v}",
+    "learning_rate": lambda v: f"lr{v:g}",
+    "n_envs": lambda v: f"envs{v}",
+    "batch_size": lambda v: f"bs{v}",
+    "env_id": lambda v: v,
+    "learning_starts": lambda v: f"ls{v}",
+    "gradient_steps": lambda v: f"gs{v}",
+    "gamma": lambda v: f"gamma{v:g}",
+    "ent_coef": lambda v: f"ent{v}",
+    "image_size": lambda v: f"img{v}",
+    "goal_mode": lambda v: f"goal-{v}",
+    "proprioception": lambda v: "" if v else "noProprio",
+    "normalize_obs": lambda v: "" if v else "noNorm",
+    "obs_norm_clip": lambda v: f"normClip{v:g}",
+    "obs_norm_freeze_after": lambda v: f"normFreeze{v}",
+    "encoder_lr": lambda v: f"elr{v:g}",
+    "clip_q_target": lambda v: "clipQ" if v else "noClipQ",
+    "next_obs_encoder": lambda v: f"next-{v}",
+}
+# Options that do not change what is learned (they are not part of the tag).
+_UNTAGGED = {"vector", "mp_context", "encoder"}
+
+
+def config_tag(cfg: TrainConfig) -> str:
+    """`manip` for the defaults (the winning recipe), plus each option that differs."""
+    parts = [cfg.network.encoder]
+    default = TrainConfig()
+    for section in ("env", "replay", "network", "sac"):
+        for f in dataclasses.fields(getattr(cfg, section)):
+            value = getattr(getattr(cfg, section), f.name)
+            if f.name in _UNTAGGED or value == getattr(getattr(default, section), f.name):
+                continue
+            name = _TAG_NAMES.get(f.name)
+            text = name(value) if name else f"{f.name}{value}"
+            if text:
+                parts.append(str(text).replace("/", "-").replace(" ", ""))
+    return "_".join(parts)
+
+
+def run_directory(cfg: TrainConfig) -> Path:
+    """runs/<config tag>/seed<N>/"""
+    return Path(cfg.run.runs_dir) / config_tag(cfg) / f"seed{cfg.run.seed}"
+
+
+# Flags that may change between an interrupted run and its resume.
+_RESUMABLE_RUN_FIELDS = {
+    "total_steps",
+    "resume",
+    "progress",
+    "log_interval",
+    "device",
+    "checkpoint_freq",
+    "save_buffer",
+    "overlap",
+    "worker_timeout",
+    "max_worker_restarts_per_hour",
+}
+
+
+def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
+    """Raise ConfigError naming every flag that differs from the interrupted run's."""
+    current = to_dict(cfg)
+    changed = []
+    for section, values in saved.items():
+        for key, value in values.items():
+            if section == "run" and key in _RESUMABLE_RUN_FIELDS:
+                continue
+            now = current.get(section, {}).get(key)
+            if isinstance(value, list):
+                value = list(value)
+                now = list(now) if isinstance(now, (list, tuple)) else now
+            if now != value:
+                changed.append(f"--{key.replace('_', '-')} (run: {value}, now: {now})")
+    if changed:
+        raise ConfigError("--resume with different settings than the run: " + ", ".join(changed))
+
+
+def describe_env(env_cfg):
+    """(ReplaySpec, observation space, action space) of the configured env, built in this
+    process without rendering (the first frame is drawn by reset)."""
+    probe = make_fetch_env(env_cfg)
+    obs_space, action_space = probe.observation_space, probe.action_space
+    probe.close()
+    shapes = {k: tuple(space.shape) for k, space in obs_space.spaces.items()}
+    threshold, reward_type = reward_params(env_cfg.env_id)
+    spec = ReplaySpec(
+        shapes,
+        int(action_space.shape[0]),
+        max_episode_steps(env_cfg.env_id),
+        env_cfg.n_envs,
+        env_cfg.frame_stack,
+        threshold,
+        reward_type,
+    )
+    return spec, obs_space, action_space
+
+
+def build_agent(cfg: TrainConfig, spec: ReplaySpec, obs_space, action_space, device) -> SAC:
+    """The SAC agent for a config; pixels are seen stacked (3k, H, W)."""
+    shapes = {k: tuple(space.shape) for k, space in obs_space.spaces.items()}
+    if PIXELS in shapes:
+        c, h, w = shapes[PIXELS]
+        shapes[PIXELS] = (c * cfg.env.frame_stack, h, w)
+    keys = policy_keys(shapes, cfg.env.goal_mode)
+    return SAC(
+        shapes,
+        keys,
+        action_space.low,
+        action_space.high,
+        cfg.network,
+        cfg.sac,
+        device,
+        reward_range=reward_range(spec.reward_type),
+        compile=cfg.run.compile,
+        amp=cfg.run.amp,
+    )
+
+
+def build_replay(cfg: TrainConfig, spec: ReplaySpec, device) -> EpisodeReplay:
+    """The episode replay; it prints its memory plan and refuses one that does not fit."""
+    return EpisodeReplay(cfg.replay, spec, device, seed=cfg.run.seed)
+
+
+def load_config(meta: dict) -> TrainConfig:
+    """The config a checkpoint's meta.json was written with."""
+    return from_dict(TrainConfig, meta["config"])
