@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements in one command: updates/s, replay sampling and end-to-end fps against
-# the seeds' SB3 pipeline in the same run (each pixelrl figure eager, --compile, --amp bf16
+# the SB3 prototype's SB3 pipeline in the same run (each pixelrl figure eager, --compile, --amp bf16
 # and both), then a pixel FetchPush run with the winning recipe for the remaining minutes,
 # evaluated every 100K steps. Every table, log and plot lands in OUTDIR.
 #
@@ -9,7 +9,7 @@
 #   benchmarks/cuda_suite.sh OUTDIR --stage push --push-minutes 8
 #   benchmarks/cuda_suite.sh OUTDIR --device cpu --smoke # the whole path in minutes, on a CPU
 #
-# Settings: batch 256 and the seeds' replay ratio, 0.25 updates per env step: n_envs is the
+# Settings: batch 256 and the SB3 prototype's replay ratio, 0.25 updates per env step: n_envs is the
 # largest multiple of 4 that leaves two cores to the learner, with n_envs / 4 updates per
 # vector step. Needs pixelrl's dependencies and stable-baselines3 (pip install -e ".[bench]",
 # or the wheels of benchmarks/gpu_wheels.sh on a machine without a network).

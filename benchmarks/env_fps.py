@@ -3,7 +3,7 @@
     python benchmarks/env_fps.py [--steps 400] [--workers 1 2 4]
 
 Random actions, no learner: this measures simulation + rendering + IPC only. Both render
-paths: native 84x84 and the seeds' 480x480 render + PIL bilinear resize.
+paths: native 84x84 and the SB3 prototype's 480x480 render + PIL bilinear resize.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fps comparison: pixelrl against the seeds' SB3 pipeline at the same settings.
+"""The fps comparison: pixelrl against the SB3 prototype's SB3 pipeline at the same settings.
 
     pip install -e .[bench]
     python benchmarks/fps.py                  # short: a few minutes on a 2-core CPU
@@ -228,7 +228,7 @@ def main() -> None:
         "--gradient-steps",
         type=int,
         default=1,
-        help="updates per vector step (1 = the seeds' replay ratio)",
+        help="updates per vector step (1 = the SB3 prototype's replay ratio)",
     )
     p.add_argument("--her-k", type=int, default=8)
     p.add_argument("--encoder", default="manip")
@@ -238,7 +238,7 @@ def main() -> None:
         "--vec-env",
         choices=["subproc", "dummy"],
         default="subproc",
-        help="SB3 vector env: subproc (stronger) or dummy (the seeds' default)",
+        help="SB3 vector env: subproc (stronger) or dummy (the SB3 prototype's default)",
     )
     p.add_argument("--learning-starts", type=int, default=None)
     p.add_argument("--learn-steps", type=int, default=None)
@@ -338,7 +338,7 @@ def main() -> None:
         if "native" in a.renders and "resize" in a.renders:
             pairs.append(
                 (
-                    f"{ours_name} native 84 vs SB3 480-resize (the seeds' default)",
+                    f"{ours_name} native 84 vs SB3 480-resize (the SB3 prototype's default)",
                     "native",
                     "resize",
                 )

@@ -1,9 +1,9 @@
-"""The seeds' SB3 pipeline, rebuilt as the baseline pixelrl is compared against.
+"""The SB3 prototype's SB3 pipeline, rebuilt as the baseline pixelrl is compared against.
 
 Only this module (and the benchmarks that call it) imports stable_baselines3; install it with
 `pip install -e .[bench]`. pixelrl itself never imports SB3.
 
-What the seeds ran (shared/seeds): SB3 SAC + HerReplayBuffer on dict observations whose
+What the SB3 prototype ran: SB3 SAC + HerReplayBuffer on dict observations whose
 "pixels" entry is stored frame-stacked (12, 84, 84) for obs AND next_obs, with the goals and
 10-D proprioception beside it.
 """
@@ -19,7 +19,7 @@ from pixelrl.envs import _register_fetch
 
 
 def stacked_pixel_space(k: int, side: int, proprio_dim: int = 10, goal_dim: int = 3):
-    """The seeds' observation space: pixels stacked k times, proprioception, both goals."""
+    """The SB3 prototype's observation space: pixels stacked k times, proprioception, both goals."""
     box = gym.spaces.Box
     return gym.spaces.Dict(
         {
@@ -34,7 +34,8 @@ def stacked_pixel_space(k: int, side: int, proprio_dim: int = 10, goal_dim: int 
 def make_her_buffer(
     buffer_size: int, observation_space, env_id: str = "FetchPush-v4", n_sampled_goal: int = 8
 ) -> HerReplayBuffer:
-    """SB3's HerReplayBuffer as the seeds configured it (future strategy, CPU numpy storage).
+    """SB3's HerReplayBuffer as the SB3 prototype configured it (future strategy, CPU numpy
+    storage).
 
     HER rewards come from the env's compute_reward through VecEnv.env_method, as in SB3.
     """
@@ -63,8 +64,8 @@ def sb3_bytes_per_transition(buffer: HerReplayBuffer) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# The seeds' networks in SB3 form: ManipulationExtractor and the critic-encoder SAC policy
-# (scripts/labs/manipulation_encoder.py and drqv2_sac_policy.py in the seeds). The conv stack
+# The SB3 prototype's networks in SB3 form: ManipulationExtractor and the critic-encoder SAC policy
+# The conv stack
 # and SpatialSoftmax are pixelrl's modules, so both sides run the same architecture.
 
 import torch as th  # noqa: E402
@@ -121,7 +122,7 @@ class CriticEncoderActor(Actor):
 
 class DrQv2SACPolicy(SACPolicy):
     """SB3 SAC policy with the DrQ-v2 routing: shared encoder in the critic optimizer only
-    (identity-based parameter filtering, as in the seeds)."""
+    (identity-based parameter filtering, as in the SB3 prototype)."""
 
     def __init__(self, *args, **kwargs):
         kwargs["share_features_extractor"] = True
@@ -149,7 +150,7 @@ class DrQv2SACPolicy(SACPolicy):
         )
 
 
-# The seeds' networks for SB3's SAC: ManipulationExtractor features, 256-256 heads.
+# The SB3 prototype's networks for SB3's SAC: ManipulationExtractor features, 256-256 heads.
 POLICY_KWARGS = {"features_extractor_class": ManipulationExtractor, "net_arch": [256, 256]}
 
 
@@ -175,7 +176,7 @@ def make_sb3_sac(
     buffer_size=1000,
     device="cpu",
 ):
-    """SB3 SAC with the seeds' critic-encoder policy and ManipulationExtractor."""
+    """SB3 SAC with the SB3 prototype's critic-encoder policy and ManipulationExtractor."""
     from stable_baselines3 import SAC as SB3SAC
     from stable_baselines3.common.buffers import DictReplayBuffer
     from stable_baselines3.common.logger import configure
@@ -200,10 +201,10 @@ def make_sb3_sac(
 
 
 # ---------------------------------------------------------------------------------------------
-# The seeds' pixel env (scripts/labs/pixel_wrapper.py): render 480x480 + PIL bilinear resize to
+# The SB3 prototype's pixel env: render 480x480 + PIL bilinear resize to
 # 84 (or --native-render at 84), frames stacked in the worker, proprioception and goals beside.
-# The goal marker stays visible, as in the seeds. Proprioception uses the robot-only indices
-# (the seeds' observation[:10] slip is not carried over).
+# The goal marker stays visible, as in the SB3 prototype. Proprioception uses the robot-only indices
+# (the SB3 prototype's observation[:10] slip is not carried over).
 
 from collections import deque  # noqa: E402
 from functools import partial  # noqa: E402
@@ -286,8 +287,8 @@ def make_sb3_pipeline(
     device="auto",
     seed=0,
 ):
-    """The seeds' training setup: SB3 SAC + HerReplayBuffer (+ DrQ) + DrQv2SACPolicy with
-    ManipulationExtractor on SubprocVecEnv (or DummyVecEnv, what the seeds' make_vec_env used)."""
+    """The SB3 prototype's training setup: SB3 SAC + HerReplayBuffer (+ DrQ) + DrQv2SACPolicy
+    with ManipulationExtractor on SubprocVecEnv (or DummyVecEnv, what its make_vec_env used)."""
     from stable_baselines3 import SAC as SB3SAC
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
@@ -322,7 +323,7 @@ def make_sb3_pipeline(
 
 
 class HerDrQReplayBuffer(HerReplayBuffer):
-    """HER + DrQ as the seeds composed them: random shift of obs and next_obs pixels, each
+    """HER + DrQ as the SB3 prototype composed them: random shift of obs and next_obs pixels, each
     independently, after sampling."""
 
     def sample(self, batch_size, env=None):

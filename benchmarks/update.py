@@ -1,5 +1,5 @@
 """SAC updates per second at batch 256: pixelrl's SAC for each encoder beside SB3's
-critic-encoder policy `train()` (the seeds' DrQv2SACPolicy + ManipulationExtractor).
+critic-encoder policy `train()` (the SB3 prototype's DrQv2SACPolicy + ManipulationExtractor).
 
     python benchmarks/update.py [--seconds 20] [--device cpu] [--encoders nature manip drqv2]
     python benchmarks/update.py --encoders manip --variants eager compile   # torch.compile

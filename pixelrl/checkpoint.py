@@ -11,6 +11,7 @@ Only the newest checkpoint keeps its replay/ (it can be tens of GB).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -64,7 +65,11 @@ def save_checkpoint(run_dir, step: int, state: dict, meta: dict, replay=None) ->
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        torch.save(state, tmp / "state.pt")
+        # Serialized in memory, then written: torch.save's own file writer reports a full
+        # disk as an opaque RuntimeError, a plain write as OSError(ENOSPC).
+        serialized = io.BytesIO()
+        torch.save(state, serialized)
+        (tmp / "state.pt").write_bytes(serialized.getbuffer())
         if replay is not None:
             replay.save(tmp / "replay")
         files = {}

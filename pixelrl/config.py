@@ -2,9 +2,10 @@
 
 `tyro.cli` turns these dataclasses into the command line in `train.py` and `eval.py`; the
 docstring under each field becomes its `--help` text. Flags are flat (`--encoder`, not
-`--network.encoder`) so that the seeds' training command works unchanged. Defaults are the
-seeds' winning recipe: ManipulationCNN + SpatialSoftmax + proprioception, critic-encoder
-routing, no DrQ, 500K buffer, HER future k=8.
+`--network.encoder`) so that the SB3 prototype's training command (the Stable-Baselines3
+pipeline pixelrl replaces) works unchanged. Defaults are its winning recipe: ManipulationCNN +
+SpatialSoftmax + proprioception, critic-encoder routing, no DrQ, 500K buffer, HER future k=8,
+plus the per-dimension normalization of the vector inputs it lacked.
 
 Nothing mutates a config after parsing; constructors take their own sub-config.
 """
@@ -33,16 +34,17 @@ class EnvConfig:
     """Gymnasium-robotics Fetch task: FetchPush-v4, FetchReach-v4, FetchSlide-v4 or
     FetchPickAndPlace-v4."""
     full_state: bool = False
-    """Observe the raw 25-D Fetch state vector plus goals instead of pixels (the seeds' control)."""
+    """Observe the raw 25-D Fetch state vector plus goals instead of pixels (the state-based
+    control run)."""
     no_pixels: bool = False
-    """Observe robot proprioception plus goals only, no pixels (the seeds' vector ablation)."""
+    """Observe robot proprioception plus goals only, no pixels (the vector-only ablation)."""
     goal_mode: Literal["none", "desired", "both"] = "both"
     """Which goal vectors the networks see: none, desired, or both (achieved and desired). The
     replay always keeps both for HER."""
     image_size: int = 84
     """Side of the square image the agent sees, in pixels (>= 32)."""
     native_render: bool = True
-    """Render at image_size directly. --no-native-render takes the seeds' path: render at
+    """Render at image_size directly. --no-native-render takes the SB3 prototype's path: render at
     render_size, then PIL bilinear resize to image_size."""
     render_size: int = 480
     """Render resolution of the resize path (--no-native-render)."""
@@ -62,7 +64,7 @@ class EnvConfig:
     vector, and an image showing the original goal would contradict it."""
     proprioception: bool = True
     """Pixels mode: give the networks the robot's proprioception. --no-proprioception leaves
-    pixels and goals only (the seeds' runs without --proprio); with --goal-mode desired the
+    pixels and goals only (the SB3 prototype's runs without --proprio); with --goal-mode desired the
     networks must then find the gripper in the image."""
     frame_stack: int = 4
     """Frames stacked for the policy (on the learner's device; workers return single frames)."""
@@ -111,7 +113,7 @@ class NetworkConfig:
     spatial_softmax: bool = True
     """manip only: --no-spatial-softmax replaces SpatialSoftmax by flatten + linear (= drqv2)."""
     norm: bool = False
-    """nature only: LayerNorm + Tanh trunk on the CNN output (the seeds' first fix)."""
+    """nature only: LayerNorm + Tanh trunk on the CNN output (the SB3 prototype's first fix)."""
     features_dim: int | None = None
     """Image feature size of the flat heads (default: 256 for nature, 50 with --norm and for
     drqv2). SpatialSoftmax always gives 2 x 32 = 64."""
@@ -121,7 +123,7 @@ class NetworkConfig:
     """Scale every vector input (proprioception, state, goals) per dimension by running mean
     and std of the sampled batches, clipped to +-obs-norm-clip; achieved and desired goals share
     one set of statistics. Without it, image features drown the centimetre-scale vectors
-    (--no-normalize-obs: the seeds' raw vectors)."""
+    (--no-normalize-obs: the SB3 prototype's raw vectors)."""
     obs_norm_clip: float = 5.0
     """Normalized vector inputs are clipped to [-obs_norm_clip, obs_norm_clip]."""
     obs_norm_freeze_after: int | None = None
@@ -159,7 +161,8 @@ class SACConfig:
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1
-    """Vector-env steps between training rounds (1 = every vector step, as the seeds ran SB3)."""
+    """Vector-env steps between training rounds (1 = every vector step, as the SB3 prototype
+    ran)."""
     learning_starts: int = 1000
     """Env steps of uniformly random actions before learning starts."""
 

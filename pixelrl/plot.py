@@ -1,16 +1,20 @@
-"""The seeds' three-panel training figure from TensorBoard events.
+"""The SB3 prototype's three-panel training figure from TensorBoard events.
 
     python -m pixelrl.plot runs/manip/seed0 runs/manip_DrQ/seed0 --out curves.png
 
 Panels, sharing the step axis: rollout/success_rate, train/critic_loss, train/actor_loss. Each
-run directory (or any directory holding event files) is one curve, labelled by its path; a
-directory with several seed*/ runs below it contributes each of them. Needs matplotlib
-(`pip install -e .[plot]`).
+run directory (or any directory holding event files) is one curve, labelled by its path. Runs
+that are seeds of one config (runs/<tag>/seed0, seed1, ...) become one curve: the mean
+across seeds with a band from the lowest to the highest seed, up to the step all of them
+reached. Needs matplotlib (`pip install -e .[plot]`).
+
+    python -m pixelrl.plot runs/manip_lr0.001 runs/manip_lr0.0003 --out sweep.png   # 2 bands
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -32,12 +36,25 @@ def find_runs(paths) -> list[Path]:
     return runs
 
 
+class _ResumePurgeNotice(logging.Filter):
+    """Drops TensorBoard's "out of order event.step ... Purging" warning: a resumed run writes
+    from its checkpoint's step again on purpose (the purge is what makes steps unique)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "out of order event.step" not in record.getMessage()
+
+
 def read_scalars(run: Path) -> dict[str, tuple[list[int], list[float]]]:
     """{tag: (steps, values)} for the plotted tags; the last write of a step wins (resume)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run), size_guidance={"scalars": 0})
-    events.Reload()
+    notice = _ResumePurgeNotice()
+    logging.getLogger("tensorboard").addFilter(notice)
+    try:
+        events.Reload()
+    finally:
+        logging.getLogger("tensorboard").removeFilter(notice)
     out = {}
     for tag, _ in PANELS:
         if tag in events.Tags()["scalars"]:
@@ -55,6 +72,28 @@ def label_for(run: Path, runs: list[Path]) -> str:
     return "/".join(run.parts[common:]) or run.name
 
 
+def group_seeds(runs: list[Path]) -> dict[str, list[Path]]:
+    """{label: runs}: the seed<N> directories of one config share a label (the config's)."""
+    groups: dict[str, list[Path]] = {}
+    for run in runs:
+        is_seed = run.name.startswith("seed") and run.name[4:].isdigit()
+        key = run.parent if is_seed else run
+        groups.setdefault(key, []).append(run)
+    keys = list(groups)
+    return {label_for(key, keys): groups[key] for key in keys}
+
+
+def seed_band(curves: list[tuple[list[int], list[float]]]):
+    """(steps, mean, min, max) across seeds on the steps of the first seed, up to the last
+    step every seed reached; each seed's values are interpolated onto those steps."""
+    import numpy as np
+
+    last = min(steps[-1] for steps, _ in curves)
+    grid = np.array([s for s in curves[0][0] if s <= last])
+    values = np.stack([np.interp(grid, steps, vals) for steps, vals in curves])
+    return grid, values.mean(0), values.min(0), values.max(0)
+
+
 def plot(paths, out: str | Path, title: str | None = None) -> Path:
     try:
         import matplotlib
@@ -63,15 +102,20 @@ def plot(paths, out: str | Path, title: str | None = None) -> Path:
         import matplotlib.pyplot as plt
     except ImportError as err:
         raise SystemExit("the plot needs matplotlib: pip install -e .[plot]") from err
-    runs = find_runs(paths)
+    groups = group_seeds(find_runs(paths))
     fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
-    for run in runs:
-        scalars = read_scalars(run)
-        label = label_for(run, runs)
+    for label, runs in groups.items():
+        per_run = [read_scalars(run) for run in runs]
         for ax, (tag, _) in zip(axes, PANELS, strict=True):
-            if tag in scalars:
-                steps, values = scalars[tag]
-                ax.plot(steps, values, label=label, linewidth=1.2)
+            curves = [scalars[tag] for scalars in per_run if tag in scalars]
+            if not curves:
+                continue
+            if len(curves) == 1:
+                ax.plot(*curves[0], label=label, linewidth=1.2)
+                continue
+            steps, mean, low, high = seed_band(curves)
+            (line,) = ax.plot(steps, mean, label=f"{label} ({len(curves)} seeds)", linewidth=1.2)
+            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     for ax, (_, name) in zip(axes, PANELS, strict=True):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)

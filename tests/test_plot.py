@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from pixelrl.plot import main, read_scalars
+from pixelrl.plot import group_seeds, main, read_scalars, seed_band
 
 pytest.importorskip("matplotlib")
 
@@ -38,3 +38,29 @@ def test_plot_writes_a_png_with_the_curves(tmp_path):
 def test_plot_reports_a_path_without_events(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "no TensorBoard event files" in capsys.readouterr().err
+
+
+def test_seeds_of_a_config_become_one_band(tmp_path):
+    for seed, slope in enumerate((0.001, 0.0005, 0.0002)):
+        write_run(tmp_path / "runs" / "cfg" / f"seed{seed}", slope)
+    write_run(tmp_path / "runs" / "other" / "seed0", 0.001)
+    groups = group_seeds(sorted((tmp_path / "runs").glob("*/seed*")))
+    assert sorted(groups) == ["cfg", "other"] and len(groups["cfg"]) == 3
+    curves = [read_scalars(run)["rollout/success_rate"] for run in groups["cfg"]]
+    steps, mean, low, high = seed_band(curves)
+    assert list(steps[:3]) == [0, 100, 200]
+    assert mean[5] == pytest.approx((0.5 + 0.25 + 0.1) / 3)
+    assert low[5] == pytest.approx(0.1) and high[5] == pytest.approx(0.5)
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "band.png")]) == 0
+
+
+def test_reading_a_resumed_run_prints_no_purge_warning(tmp_path, caplog):
+    run = tmp_path / "run"
+    write_run(run, 0.001)
+    writer = SummaryWriter(str(run), purge_step=500)  # a resume from step 500
+    writer.add_scalar("rollout/success_rate", 0.4, 500)
+    writer.close()
+    with caplog.at_level("WARNING"):
+        steps, values = read_scalars(run)["rollout/success_rate"]
+    assert "out of order" not in caplog.text
+    assert steps == [0, 100, 200, 300, 400, 500] and values[-1] == pytest.approx(0.4)

@@ -1,4 +1,4 @@
-"""Encoders, heads and the SAC update: the seeds' verify checks, made real."""
+"""Encoders, heads and the SAC update: the SB3 prototype's verification checks, as tests."""
 
 import io
 import math
@@ -97,7 +97,7 @@ def test_image_encoder_variants_and_sizes():
 
 def test_observation_encoder_joins_keys():
     enc = ObservationEncoder(NetworkConfig(), SHAPES, KEYS)
-    assert enc.features_dim == 64 + 10 + 3 + 3  # the seeds' 80-D features
+    assert enc.features_dim == 64 + 10 + 3 + 3  # the SB3 prototype's 80-D features
     obs = random_obs(4, torch.Generator().manual_seed(0))
     features = enc(obs)
     assert features.shape == (4, 80)

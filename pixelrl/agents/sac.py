@@ -8,7 +8,7 @@ Which loss trains the image encoder is one choice (`--encoder-grad`), visible in
 
     critic    one shared encoder, in the critic optimizer only; the actor gets detached
               features and its optimizer holds no encoder parameter. The routing that made
-              pixel Push learn in the seeds (DrQ-v2).
+              pixel Push learn in the SB3 prototype (DrQ-v2).
     actor     one shared encoder trained only by the actor loss; the critic sees it without
               gradient (SB3's SAC with share_features_extractor=True).
     separate  actor and critic each own an encoder (SB3's default).

@@ -113,16 +113,22 @@ def _chunks(tensor: torch.Tensor):
 
 
 def _save_array(path: Path, tensor: torch.Tensor) -> None:
-    """Write a tensor as .npy in chunks: no full host copy of a device tensor."""
+    """Write a tensor as .npy in chunks: no full host copy of a device tensor.
+
+    Plain writes, not a memory map: a full disk then fails the write with ENOSPC (an
+    OSError the checkpoint reports), where a store to a mapped page it cannot back kills the
+    process with SIGBUS.
+    """
     dtype = torch.empty(0, dtype=tensor.dtype).numpy().dtype
-    if tensor.numel() == 0:  # numpy cannot memory-map an empty array
-        np.save(path, np.zeros(tuple(tensor.shape), dtype=dtype))
-        return
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(tensor.shape))
-    for start, stop in _chunks(tensor):
-        out[start:stop] = tensor[start:stop].cpu().numpy()
-    out.flush()
-    del out
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype),
+        "fortran_order": False,
+        "shape": tuple(tensor.shape),
+    }
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for start, stop in _chunks(tensor):
+            f.write(np.ascontiguousarray(tensor[start:stop].cpu().numpy()).data)
 
 
 def _load_array(path: Path, tensor: torch.Tensor) -> None:

@@ -1,0 +1,129 @@
+"""Evaluating a checkpoint: the deterministic policy (tanh of the mean action) on fresh envs.
+
+`evaluate(EvalArgs(...))` is what eval.py runs and what a sweep's trial runs after training;
+it writes eval.json beside the checkpoint (success rate, mean return, per-episode success,
+return and final goal distance, the seed and the checkpoint's step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pixelrl.checkpoint import resolve_checkpoint
+from pixelrl.config import ConfigError
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL
+from pixelrl.policy import load_policy
+from pixelrl.vector_env import FetchVectorEnv
+
+
+@dataclass(frozen=True)
+class EvalArgs:
+    """Evaluate a pixelrl checkpoint."""
+
+    checkpoint: str
+    """A checkpoint directory (.../checkpoints/step_N) or a run directory (its latest)."""
+    episodes: int = 100
+    """Episodes to run."""
+    n_envs: int | None = None
+    """Parallel envs (default: the run's --n-envs)."""
+    seed: int | None = None
+    """Env seed (default: the run's seed + 10000, so evaluation goals differ from training)."""
+    video: str | None = None
+    """Write a video of the first episodes of env 0: a .gif, or .mp4 (needs imageio-ffmpeg)."""
+    video_episodes: int = 3
+    """Episodes in the video."""
+    video_size: int = 480
+    """Side of the video frames: a larger view of the same camera, goal marker drawn."""
+    device: str = "auto"
+    """cpu, cuda, or auto."""
+    output: str | None = None
+    """Results JSON (default: eval.json in the checkpoint directory)."""
+
+
+def write_video(frames: list[np.ndarray], path: Path) -> None:
+    if path.suffix.lower() == ".gif":
+        from PIL import Image
+
+        images = [Image.fromarray(f) for f in frames]
+        images[0].save(path, save_all=True, append_images=images[1:], duration=40, loop=0)
+        return
+    try:
+        import imageio.v2 as imageio
+
+        imageio.mimwrite(path, frames, fps=25)
+    except Exception as err:  # the ffmpeg backend is an optional extra
+        raise ConfigError(
+            f"--video {path}: cannot write this format ({err}); use a .gif, or "
+            "pip install imageio-ffmpeg for .mp4"
+        ) from err
+
+
+def evaluate(args: EvalArgs) -> dict:
+    """Run the deterministic policy for `args.episodes` episodes; write and return the report."""
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes {args.episodes}: must be >= 1")
+    path = resolve_checkpoint(args.checkpoint)
+    cfg, policy = load_policy(path, args.device)
+    n = args.n_envs or cfg.env.n_envs
+    env_cfg = dataclasses.replace(
+        cfg.env,
+        n_envs=n,
+        vector="sync" if args.video else cfg.env.vector,  # the video view renders here
+    )
+    seed = args.seed if args.seed is not None else cfg.run.seed + 10_000
+    results = {"success": [], "return": [], "final_distance": []}
+    frames: list[np.ndarray] = []
+    video_done = 0
+    with FetchVectorEnv(env_cfg, seed=seed) as venv:
+        obs = venv.reset()
+        viewer = venv.local_env(0) if args.video else None
+        if viewer is not None:
+            frames.append(viewer.render_view(args.video_size))
+        returns = np.zeros(n)
+        while len(results["success"]) < args.episodes:
+            step = venv.step(policy.act_batch(obs, deterministic=True))
+            returns += step.reward
+            if viewer is not None and video_done < args.video_episodes:
+                frames.append(viewer.render_view(args.video_size))
+                video_done += int(step.done[0])
+            for i in np.flatnonzero(step.done):
+                if len(results["success"]) < args.episodes:
+                    final = step.next_obs
+                    distance = np.linalg.norm(final[ACHIEVED_GOAL][i] - final[DESIRED_GOAL][i])
+                    results["success"].append(bool(step.is_success[i]))
+                    results["return"].append(float(returns[i]))
+                    results["final_distance"].append(float(distance))
+                returns[i] = 0.0
+            policy.reset(np.flatnonzero(step.done | step.failed))
+            obs = step.obs
+    report = {
+        "checkpoint": str(path),
+        "checkpoint_step": policy.checkpoint_step,
+        "env_id": env_cfg.env_id,
+        "seed": seed,
+        "episodes": args.episodes,
+        "success_rate": float(np.mean(results["success"])),
+        "mean_return": float(np.mean(results["return"])),
+        "mean_final_distance": float(np.mean(results["final_distance"])),
+        "per_episode": [
+            {"success": s, "return": r, "final_distance": d}
+            for s, r, d in zip(
+                results["success"], results["return"], results["final_distance"], strict=True
+            )
+        ],
+    }
+    out = Path(args.output) if args.output else path / "eval.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(
+        f"success rate {report['success_rate']:.1%} over {args.episodes} episodes, "
+        f"mean return {report['mean_return']:.1f} -> {out}"
+    )
+    if args.video:
+        write_video(frames, Path(args.video))
+        print(f"video: {args.video} ({len(frames)} frames)")
+    return report
