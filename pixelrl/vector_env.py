@@ -10,7 +10,8 @@ A worker can fail: its process dies (OOM kill, a segfault in MuJoCo or EGL, kill
 answering, or its env raises. The learner waits on each worker's pipe *and* its process
 sentinel with a deadline, so every failure is seen within `timeout_s`, never as a hang. The
 failed env's worker is replaced by a fresh one, which starts a new episode with a seed derived
-from the run seed, the env index and the env's restart count (runs stay reproducible); the
+from the run seed, the env index and the env's restart count (`env_seed`; runs stay
+reproducible); the
 step reports the env in `VecStep.failures`, so the learner drops its partial episode and
 restarts its frame stack. Past `max_restarts_per_hour` a failed env is left down and
 `gave_up` says why: the learner then checkpoints what is consistent and stops.
@@ -52,8 +53,13 @@ class WorkerError(RuntimeError):
     """A worker died, hung or raised; the message names the env and what happened."""
 
 
-def restart_seed(seed: int, env_index: int, restart: int) -> int:
-    """The reset seed of env `env_index` after its `restart`-th restart (reproducible)."""
+def env_seed(seed: int, env_index: int, restart: int = 0) -> int:
+    """The reset seed of env `env_index` of a run seeded `seed`, after its `restart`-th
+    restart (0: at the start).
+
+    Hashed by SeedSequence rather than seed + env_index: with seed + i, runs with seeds 0 and
+    1 would share three of their four envs' seeds, and so their goal sequences.
+    """
     return int(np.random.SeedSequence([seed, env_index, restart]).generate_state(1)[0])
 
 
@@ -264,7 +270,7 @@ class FetchVectorEnv:
 
     Args:
         cfg: the env settings; `cfg.n_envs` envs, `cfg.vector` and `cfg.mp_context`.
-        seed: env i is reset with seed + i.
+        seed: the run seed; env i is reset with `env_seed(seed, i)`.
         timeout_s: longest wait for any worker's answer before it counts as hung.
         max_restarts_per_hour: restarts allowed in any hour before the env gives up.
         env_fn: builds one env in a worker (default: `make_fetch_env(cfg)`); must pickle.
@@ -365,7 +371,7 @@ class FetchVectorEnv:
         self.restart_counts[index] += 1
         worker = self._start_worker(index)
         self.workers[index] = worker
-        worker.send("reset", restart_seed(self.seed, index, self.restart_counts[index]))
+        worker.send("reset", env_seed(self.seed, index, self.restart_counts[index]))
         answer = self._gather([index])[index]
         if isinstance(answer, WorkerError):
             raise WorkerError(f"env {index}: its restarted worker failed too: {answer}")
@@ -373,8 +379,10 @@ class FetchVectorEnv:
 
     # ------------------------------------------------------------------ the env API
     def reset(self) -> dict[str, np.ndarray]:
-        """Reset env i with seed + i; the batched first observations."""
-        return _stack(self._request_all([("reset", self.seed + i) for i in range(self.num_envs)]))
+        """Reset env i with `env_seed(seed, i)`; the batched first observations."""
+        return _stack(
+            self._request_all([("reset", env_seed(self.seed, i)) for i in range(self.num_envs)])
+        )
 
     def get_states(self) -> list[dict | None]:
         """Each env's full simulator state (see `FetchObservation.get_sim_state`); None for
@@ -402,7 +410,7 @@ class FetchVectorEnv:
         for i, state in enumerate(states):
             if state is None:
                 self.restart_counts[i] += 1
-                requests.append(("reset", restart_seed(self.seed, i, self.restart_counts[i])))
+                requests.append(("reset", env_seed(self.seed, i, self.restart_counts[i])))
             else:
                 requests.append(("set_state", state))
         return _stack(self._request_all(requests))

@@ -20,7 +20,7 @@ from pixelrl.envs import (
     proprioception_indices,
 )
 from pixelrl.frame_stack import FrameStack
-from pixelrl.vector_env import FetchVectorEnv
+from pixelrl.vector_env import FetchVectorEnv, env_seed
 
 
 def _raw_obs(env: FetchObservation) -> dict:
@@ -168,7 +168,7 @@ def test_vector_env_matches_single_envs_and_respects_episode_boundary():
             vec_next.append(step.next_obs)
             vec_done.append(step.done)
     for i in range(2):
-        firsts, nexts, dones = _single_env_rollout(cfg, 10 + i, actions[:, i])
+        firsts, nexts, dones = _single_env_rollout(cfg, env_seed(10, i), actions[:, i])
         for t in range(steps):
             assert bool(vec_done[t][i]) == dones[t]
             for key in firsts[0]:

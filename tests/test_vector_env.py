@@ -13,7 +13,7 @@ from fault_injection import FailingFetch
 from pixelrl import vector_env
 from pixelrl.config import EnvConfig
 from pixelrl.envs import PROPRIOCEPTION
-from pixelrl.vector_env import FetchVectorEnv, restart_seed
+from pixelrl.vector_env import FetchVectorEnv, env_seed
 
 REACH = EnvConfig(env_id="FetchReach-v4", no_pixels=True, n_envs=2, vector="async")
 INITIAL_GRIP_POS = np.array([1.3418, 0.7491, 0.5347])  # Reach's reset pose of the gripper
@@ -48,8 +48,8 @@ def test_killed_worker_is_replaced_and_the_step_reports_it():
 
 
 def test_restarted_env_is_seeded_from_run_seed_index_and_restart_count(tmp_path):
-    seeds = {restart_seed(0, i, r) for i in range(2) for r in range(1, 3)}
-    assert len(seeds) == 4 and restart_seed(0, 1, 1) == restart_seed(0, 1, 1)
+    seeds = {env_seed(s, i, r) for s in range(3) for i in range(4) for r in range(3)}
+    assert len(seeds) == 36 and env_seed(0, 1, 1) == env_seed(0, 1, 1)  # no two envs share one
     one_env = replace(REACH, n_envs=1)
     goals = []
     for attempt in range(2):  # the same failure twice gives the same new episode
@@ -154,3 +154,14 @@ def test_a_signal_while_workers_start_does_not_kill_them(monkeypatch, mp_context
         venv.reset()
         step = venv.step(np.zeros((2, 4), np.float32))
         assert not step.failures and all(w.process.is_alive() for w in venv.workers)
+
+
+def test_runs_with_neighbouring_seeds_share_no_env_goals():
+    """seed + i would give runs 0 and 1 three envs in common (the same goal sequences)."""
+    config = replace(REACH, n_envs=3, vector="sync")
+    goals = []
+    for seed in (0, 1):
+        with FetchVectorEnv(config, seed=seed) as venv:
+            goals.append(venv.reset()["desired_goal"])
+    for a in goals[0]:
+        assert not any(np.allclose(a, b) for b in goals[1])
