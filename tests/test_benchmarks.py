@@ -25,6 +25,6 @@ def test_cuda_suite_runs_end_to_end_in_smoke_mode(tmp_path):
     fps = (out / "fps.md").read_text()
     assert "| pixelrl (eager) | native 84 |" in fps and "| SB3 (subproc) | native 84 |" in fps
     evals = (out / "push_evals.md").read_text().splitlines()
-    assert len(evals) == 4 and evals[-1].startswith("| step_000000000400 | 400 |")
+    assert len(evals) == 4 and evals[-1].startswith("| step_000000000300 | 300 |")
     assert (out / "push_curves.png").stat().st_size > 10_000
     assert "device: cpu" in (out / "machine.txt").read_text()

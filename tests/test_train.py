@@ -383,3 +383,15 @@ def test_checkpoint_save_is_atomic_and_prunes_old_replays(tmp_path):
     # A leftover temporary directory (a crash mid-save) is never taken for a checkpoint.
     (tmp_path / "checkpoints" / ".tmpstep_000000000300.123").mkdir()
     assert latest_checkpoint(tmp_path)[0] == newest
+
+
+def test_resume_of_a_finished_run_says_so_and_leaves_its_events_alone(tmp_path, capsys):
+    cfg = tiny(tmp_path, pixels=False, total_steps=120, checkpoint_freq=1000)
+    assert Trainer(cfg).run() == 0
+    run_dir = run_directory(cfg)
+    before = {p: p.read_bytes() for p in run_dir.glob("events.out.*")}
+    again = replace(cfg, run=replace(cfg.run, resume=True))
+    assert Trainer(again).run() == 0
+    assert "already at env step 120 >= --total-steps 120; nothing to do" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in run_dir.glob("events.out.*")} == before
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_000000000120"]
