@@ -296,7 +296,7 @@ class FetchVectorEnv:
         self._restart_times: collections.deque[float] = collections.deque()
         self.down: set[int] = set()  # envs left without a worker (after giving up)
         self.gave_up: str | None = None  # why restarts stopped, if they did
-        self._actions: np.ndarray | None = None
+        self._send_failures: dict[int, str] = {}  # envs whose step request did not go out
         self.workers: list = []
         try:
             self.workers = [self._start_worker(i) for i in range(self.num_envs)]
@@ -420,13 +420,13 @@ class FetchVectorEnv:
 
     def step_async(self, actions: np.ndarray) -> None:
         """Send each env its action; the answers are collected by `step_wait`."""
-        self._actions = np.asarray(actions)
-        self._send_failures: dict[int, str] = {}
+        actions = np.asarray(actions)
+        self._send_failures = {}
         for i, worker in enumerate(self.workers):
             if i in self.down:
                 continue
             try:
-                worker.send("step", self._actions[i])
+                worker.send("step", actions[i])
             except (BrokenPipeError, OSError):
                 self._send_failures[i] = worker.death()
 
