@@ -32,8 +32,11 @@ def stop_on_signals(trainer: Trainer):
     def request_stop(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then checkpointing")
         trainer.request_stop()
+        # os.write, not print: a signal that lands while the loop prints would make print
+        # raise ("reentrant call") and lose the checkpoint.
+        message = f"\n{signal.Signals(signum).name}: finishing this step, then checkpointing\n"
+        os.write(sys.stderr.fileno(), message.encode())
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

@@ -151,9 +151,10 @@ class SACConfig:
     """Which loss trains the image encoder: critic (DrQ-v2: shared encoder in the critic
     optimizer), actor (SB3 share_features_extractor=True), separate (SB3 default: one each)."""
     clip_q_target: bool = False
-    """Clip the critic target to the range of possible returns, [r_min, r_max] / (1 - gamma):
+    """Clip the critic's soft target to the range of returns, [r_min, r_max] / (1 - gamma):
     [-1/(1-gamma), 0] for Fetch's sparse rewards (OpenAI baselines' HER clips the same way).
-    Dense rewards have no lower bound, so only the upper bound 0 applies."""
+    Not exact for SAC: the entropy bonus can lift a soft value above 0 (see
+    benchmarks/learning.md); off by default. Dense rewards: only the upper bound 0 applies."""
     next_obs_encoder: Literal["target", "online", "split"] = "target"
     """Which encoder reads the next observation: target (the Polyak-averaged copy, for both the
     target Q and the next action), online (the trained encoder, no gradient, for both: DrQ-v2),
@@ -178,7 +179,8 @@ class RunConfig:
     total_steps: int = 5_000_000
     """Env steps to train for (summed over the parallel envs)."""
     seed: int = 0
-    """Run seed: envs get seed, seed+1, ...; torch and numpy are seeded from it."""
+    """Run seed: torch, numpy and the random-phase actions are seeded from it, and env i
+    from a hash of (seed, i), so runs with different seeds share no env."""
     device: str = "auto"
     """Learner device: auto (cuda if available, else cpu), cpu, cuda, cuda:N."""
     checkpoint_freq: int = 500_000

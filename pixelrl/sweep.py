@@ -117,8 +117,13 @@ def with_seed(cfg: TrainConfig, seed: int) -> TrainConfig:
 
 
 def is_finished(cfg: TrainConfig) -> bool:
+    """Trained to --total-steps and evaluated (a trial stopped during its eval reruns it)."""
     found = latest_checkpoint(run_directory(cfg))
-    return found is not None and found[2]["step"] >= cfg.run.total_steps
+    return (
+        found is not None
+        and found[2]["step"] >= cfg.run.total_steps
+        and (found[0] / "eval.json").is_file()
+    )
 
 
 def trial_resources(cfg: TrainConfig, gpus_per_trial: float) -> dict:

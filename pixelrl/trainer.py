@@ -291,6 +291,7 @@ class Trainer:
                 f"{self.cfg.sac.learning_starts:,} steps before learning again"
             )
         print(f"resume: {path} (env step {self.state.env_step:,})")
+        self.last_checkpoint = path  # a stop before the next step need not rewrite it
         return obs
 
     def _start_frame_stack(self, obs: dict[str, np.ndarray]) -> None:

@@ -31,6 +31,7 @@ import collections
 import contextlib
 import multiprocessing
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -230,7 +231,9 @@ class _LocalWorker:
         return answer
 
     def stop(self, wait_s: float) -> None:
-        self.env.close()
+        if self.env is not None:
+            self.env.close()
+            self.env = None
 
 
 @dataclass
@@ -297,9 +300,11 @@ class FetchVectorEnv:
         self.down: set[int] = set()  # envs left without a worker (after giving up)
         self.gave_up: str | None = None  # why restarts stopped, if they did
         self._send_failures: dict[int, str] = {}  # envs whose step request did not go out
+        self._broken: dict[int, str] = {}  # envs whose worker failed outside a step
         self.workers: list = []
         try:
-            self.workers = [self._start_worker(i) for i in range(self.num_envs)]
+            for i in range(self.num_envs):  # one at a time: close() stops those started
+                self.workers.append(self._start_worker(i))
             spaces = self._request_all([("spaces", None)] * self.num_envs)
         except BaseException:
             self.close()
@@ -355,27 +360,37 @@ class FetchVectorEnv:
 
     def _restart(self, index: int) -> dict[str, np.ndarray] | None:
         """Replace env `index`'s worker by a fresh env; its first observation, or None when
-        the restart budget is spent (the env stays down and `gave_up` says why)."""
-        now = time.monotonic()
-        while self._restart_times and now - self._restart_times[0] > 3600.0:
-            self._restart_times.popleft()
-        self.workers[index].stop(wait_s=0.0)
-        if len(self._restart_times) >= self.max_restarts_per_hour:
-            self.down.add(index)
-            self.gave_up = (
-                f"{len(self._restart_times) + 1} worker failures within an hour, more than "
-                f"--max-worker-restarts-per-hour {self.max_restarts_per_hour}"
+        the restart budget is spent (the env stays down and `gave_up` says why). A restarted
+        worker that fails too counts as one more failure and is restarted again."""
+        while True:
+            now = time.monotonic()
+            while self._restart_times and now - self._restart_times[0] > 3600.0:
+                self._restart_times.popleft()
+            self.workers[index].stop(wait_s=0.0)
+            if len(self._restart_times) >= self.max_restarts_per_hour:
+                self.down.add(index)
+                self.gave_up = (
+                    f"{len(self._restart_times) + 1} worker failures within an hour, more than "
+                    f"--max-worker-restarts-per-hour {self.max_restarts_per_hour}"
+                )
+                return None
+            self._restart_times.append(now)
+            self.restart_counts[index] += 1
+            worker = self._start_worker(index)
+            self.workers[index] = worker
+            try:
+                worker.send("reset", env_seed(self.seed, index, self.restart_counts[index]))
+                answer = self._gather([index])[index]
+            except (BrokenPipeError, OSError) as err:
+                answer = WorkerError(f"cannot reach it ({err})")
+            if not isinstance(answer, WorkerError):
+                return answer
+            print(
+                f"warning: env {index}: its restarted worker failed too ({answer}); "
+                "restarting it again",
+                file=sys.stderr,
+                flush=True,
             )
-            return None
-        self._restart_times.append(now)
-        self.restart_counts[index] += 1
-        worker = self._start_worker(index)
-        self.workers[index] = worker
-        worker.send("reset", env_seed(self.seed, index, self.restart_counts[index]))
-        answer = self._gather([index])[index]
-        if isinstance(answer, WorkerError):
-            raise WorkerError(f"env {index}: its restarted worker failed too: {answer}")
-        return answer
 
     # ------------------------------------------------------------------ the env API
     def reset(self) -> dict[str, np.ndarray]:
@@ -399,7 +414,12 @@ class FetchVectorEnv:
         answers = self._gather(asked)
         states: list[dict | None] = [None] * self.num_envs
         for i in asked:
-            if not isinstance(answers[i], WorkerError):
+            if isinstance(answers[i], WorkerError):
+                # A late answer would be read as the next step's: stop the worker now, and
+                # let the next step restart it like any failed worker.
+                self.workers[i].stop(wait_s=0.0)
+                self._broken[i] = f"{answers[i]} (asked for its state)"
+            else:
                 states[i] = answers[i]
         return states
 
@@ -421,9 +441,9 @@ class FetchVectorEnv:
     def step_async(self, actions: np.ndarray) -> None:
         """Send each env its action; the answers are collected by `step_wait`."""
         actions = np.asarray(actions)
-        self._send_failures = {}
+        self._send_failures, self._broken = self._broken, {}
         for i, worker in enumerate(self.workers):
-            if i in self.down:
+            if i in self.down or i in self._send_failures:
                 continue
             try:
                 worker.send("step", actions[i])

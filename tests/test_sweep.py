@@ -15,7 +15,7 @@ import tyro
 from pixelrl.build import config_tag
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints
 from pixelrl.config import ConfigError, TrainConfig
-from pixelrl.sweep import grid_configs, parse_grid, report, trial_resources
+from pixelrl.sweep import grid_configs, is_finished, parse_grid, report, trial_resources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,23 @@ def test_report_means_and_stds_come_from_each_seeds_eval_json(tmp_path):
     assert rows["configB"]["success_std"] == 0.0 and rows["configB"]["seeds"] == [0]
     markdown = (tmp_path / "sweep_report.md").read_text()
     assert "| configA | 3 (3 evaluated) | 70.0% +- 20.0% | 200 | 2.0 min |" in markdown
+
+
+def test_a_trial_counts_as_finished_only_once_its_last_checkpoint_is_evaluated(tmp_path):
+    """A trial killed during its eval must run the eval again on the next invocation."""
+    import torch
+
+    from pixelrl.build import run_directory
+    from pixelrl.checkpoint import save_checkpoint
+
+    cfg = base("--full-state", "--total-steps", "200", "--runs-dir", str(tmp_path))
+    run_dir = run_directory(cfg)
+    save_checkpoint(run_dir, 100, {"w": torch.zeros(1)}, {"config": {}})
+    assert not is_finished(cfg)  # not trained to --total-steps yet
+    path = save_checkpoint(run_dir, 200, {"w": torch.zeros(1)}, {"config": {}})
+    assert not is_finished(cfg)  # trained, not evaluated
+    (path / "eval.json").write_text(json.dumps({"success_rate": 1.0}))
+    assert is_finished(cfg)
 
 
 def test_trial_resources_count_the_learner_and_its_env_workers():

@@ -395,3 +395,17 @@ def test_resume_of_a_finished_run_says_so_and_leaves_its_events_alone(tmp_path, 
     assert "already at env step 120 >= --total-steps 120; nothing to do" in capsys.readouterr().out
     assert {p: p.read_bytes() for p in run_dir.glob("events.out.*")} == before
     assert [p.name for p in list_checkpoints(run_dir)] == ["step_000000000120"]
+
+
+def test_a_resume_stopped_before_its_first_step_keeps_the_checkpoint_it_loaded(tmp_path):
+    """Rewriting it would cost a full replay write, and the old one is deleted first."""
+    cfg = tiny(tmp_path, pixels=False, total_steps=120, checkpoint_freq=1000)
+    assert Trainer(cfg).run() == 0
+    (checkpoint,) = list_checkpoints(run_directory(cfg))
+    inode = checkpoint.stat().st_ino
+    longer = replace(cfg, run=replace(cfg.run, resume=True, total_steps=240))
+    trainer = Trainer(longer)
+    trainer.request_stop()  # as a signal right after start would
+    assert trainer.run() == 0
+    assert list_checkpoints(run_directory(cfg)) == [checkpoint]
+    assert checkpoint.stat().st_ino == inode  # the same directory, not a rewritten one

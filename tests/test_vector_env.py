@@ -89,6 +89,40 @@ def test_hung_worker_is_detected_within_the_timeout(tmp_path):
         assert "no answer within 3 s" in reason
 
 
+def test_a_restarted_worker_that_fails_too_is_restarted_again(tmp_path, capfd):
+    factory = _failing_env(tmp_path, "exit, then reset raises")
+    with FetchVectorEnv(REACH, seed=0, env_fn=factory) as venv:
+        venv.reset()
+        failed_steps = []
+        for _ in range(4):
+            step = venv.step(_random_actions(np.random.default_rng(6)))
+            if step.failures:
+                failed_steps.append(step)
+        assert len(failed_steps) == 1 and venv.total_restarts == 2 and not venv.gave_up
+        assert "restarted worker failed too" in capfd.readouterr().err
+        (step,) = failed_steps
+        (index,) = step.failures
+        assert venv.restart_counts[index] == 2  # the second replacement holds the env now
+        np.testing.assert_allclose(step.obs[PROPRIOCEPTION][index, :3], INITIAL_GRIP_POS, atol=1e-3)
+
+
+def test_a_worker_hung_while_its_state_is_saved_is_replaced_at_the_next_step(tmp_path):
+    """Its late answer must not be read as the next step's."""
+    factory = _failing_env(tmp_path, "hang on get_state", at_step=2)
+    with FetchVectorEnv(REACH, seed=0, timeout_s=3.0, env_fn=factory) as venv:
+        venv.reset()
+        for _ in range(2):
+            venv.step(_random_actions(np.random.default_rng(7)))
+        states = venv.get_states()
+        assert sum(s is None for s in states) == 1
+        hung = states.index(None)
+        step = venv.step(_random_actions(np.random.default_rng(7)))
+        assert list(step.failures) == [hung] and "asked for its state" in step.failures[hung]
+        assert venv.restart_counts[hung] == 1
+        follow = venv.step(_random_actions(np.random.default_rng(7)))
+        assert not follow.failures and np.isfinite(follow.reward).all()
+
+
 def test_past_the_restart_limit_the_env_stays_down_and_says_why():
     with FetchVectorEnv(REACH, seed=0, max_restarts_per_hour=0) as venv:
         venv.reset()
