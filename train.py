@@ -36,7 +36,7 @@ def stop_on_signals(trainer: Trainer):
         # os.write, not print: a signal that lands while the loop prints would make print
         # raise ("reentrant call") and lose the checkpoint.
         message = f"\n{signal.Signals(signum).name}: finishing this step, then checkpointing\n"
-        os.write(sys.stderr.fileno(), message.encode())
+        os.write(sys.stdout.fileno(), message.encode())
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
