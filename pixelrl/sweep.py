@@ -8,8 +8,9 @@ learner plus one per env worker; a GPU fraction, so that several trials share a 
 local Ray or a cluster.
 
 The run directories are the sweep's state: a trial whose latest checkpoint has reached
---total-steps is finished and skipped, any other resumes from its latest checkpoint (or
-starts). So running the same sweep again runs nothing twice, and resumes what was stopped.
+--total-steps and holds its eval.json is finished and skipped, any other resumes from its
+latest checkpoint (or starts; a trained one only evaluates). So running the same sweep
+again runs nothing twice, and resumes what was stopped.
 Ray re-runs a trial whose process died (--max-retries; each retry resumes too), and a trial
 that fails is reported with its error while the others go on.
 
@@ -142,9 +143,9 @@ def run_trial(cfg: TrainConfig, eval_episodes: int) -> dict:
     from pixelrl.evaluation import EvalArgs, evaluate
     from pixelrl.trainer import Trainer
 
-    resume = bool(list_checkpoints(run_directory(cfg)))  # an interrupted trial continues
-    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume, progress=False))
     run_dir = run_directory(cfg)
+    resume = bool(list_checkpoints(run_dir))  # an interrupted trial continues
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=resume, progress=False))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "trial.pid").write_text(str(os.getpid()))  # to find (or stop) a trial
     exit_code = Trainer(cfg).run()

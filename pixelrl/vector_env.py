@@ -11,10 +11,9 @@ answering, or its env raises. The learner waits on each worker's pipe *and* its 
 sentinel with a deadline, so every failure is seen within `timeout_s`, never as a hang. The
 failed env's worker is replaced by a fresh one, which starts a new episode with a seed derived
 from the run seed, the env index and the env's restart count (`env_seed`; runs stay
-reproducible); the
-step reports the env in `VecStep.failures`, so the learner drops its partial episode and
-restarts its frame stack. Past `max_restarts_per_hour` a failed env is left down and
-`gave_up` says why: the learner then checkpoints what is consistent and stops.
+reproducible); the step reports the env in `VecStep.failures`, so the learner drops its
+partial episode and restarts its frame stack. Past `max_restarts_per_hour` a failed env is
+left down and `gave_up` says why: the learner then checkpoints what is consistent and stops.
 
 Workers ignore SIGINT and SIGTERM: a Ctrl-C in the terminal or a scheduler's SIGTERM reaches
 the whole process group, and the learner alone decides when the workers stop (after finishing
@@ -299,8 +298,9 @@ class FetchVectorEnv:
         self._restart_times: collections.deque[float] = collections.deque()
         self.down: set[int] = set()  # envs left without a worker (after giving up)
         self.gave_up: str | None = None  # why restarts stopped, if they did
-        self._send_failures: dict[int, str] = {}  # envs whose step request did not go out
-        self._broken: dict[int, str] = {}  # envs whose worker failed outside a step
+        # Envs known to have failed before step_wait asks them (their step request did not
+        # go out, or they hung in get_states); step_wait reports and restarts them.
+        self._failed_unasked: dict[int, str] = {}
         self.workers: list = []
         try:
             for i in range(self.num_envs):  # one at a time: close() stops those started
@@ -418,7 +418,7 @@ class FetchVectorEnv:
                 # A late answer would be read as the next step's: stop the worker now, and
                 # let the next step restart it like any failed worker.
                 self.workers[i].stop(wait_s=0.0)
-                self._broken[i] = f"{answers[i]} (asked for its state)"
+                self._failed_unasked[i] = f"{answers[i]} (asked for its state)"
             else:
                 states[i] = answers[i]
         return states
@@ -441,21 +441,21 @@ class FetchVectorEnv:
     def step_async(self, actions: np.ndarray) -> None:
         """Send each env its action; the answers are collected by `step_wait`."""
         actions = np.asarray(actions)
-        self._send_failures, self._broken = self._broken, {}
         for i, worker in enumerate(self.workers):
-            if i in self.down or i in self._send_failures:
+            if i in self.down or i in self._failed_unasked:
                 continue
             try:
                 worker.send("step", actions[i])
             except (BrokenPipeError, OSError):
-                self._send_failures[i] = worker.death()
+                self._failed_unasked[i] = worker.death()
 
     def step_wait(self) -> VecStep:
         n = self.num_envs
-        asked = [i for i in range(n) if i not in self.down and i not in self._send_failures]
+        asked = [i for i in range(n) if i not in self.down and i not in self._failed_unasked]
         answers = self._gather(asked)
         failures = {i: str(a) for i, a in answers.items() if isinstance(a, WorkerError)}
-        failures.update(self._send_failures)
+        failures.update(self._failed_unasked)
+        self._failed_unasked = {}
         reward = np.zeros(n, np.float32)
         terminated, truncated, success = (np.zeros(n, bool) for _ in range(3))
         obs: list = [None] * n
