@@ -59,6 +59,9 @@ _TAG_NAMES = {
     "encoder_lr": lambda v: f"elr{v:g}",
     "clip_q_target": lambda v: "clipQ" if v else "noClipQ",
     "next_obs_encoder": lambda v: f"next-{v}",
+    "keypoint_trunk": lambda v: f"kp-{v}",
+    "aux_coef": lambda v: f"aux{v:g}",
+    "state_estimate": lambda v: "estimate" if v else "noEstimate",
 }
 # Options that do not change what is learned (they are not part of the tag).
 _UNTAGGED = {"vector", "mp_context", "encoder"}

@@ -20,6 +20,7 @@ FETCH_ENV_IDS = ("FetchReach-v4", "FetchPush-v4", "FetchSlide-v4", "FetchPickAnd
 OBS_MODES = ("pixels", "full-state", "no-pixels")
 GOAL_MODES = ("none", "desired", "both")
 ENCODERS = ("nature", "manip", "drqv2")
+KEYPOINT_TRUNKS = ("running", "layernorm", "linear", "none")
 ENCODER_GRADS = ("critic", "actor", "separate")
 NEXT_OBS_ENCODERS = ("target", "online", "split")
 HER_STRATEGIES = ("future", "final", "episode")
@@ -112,6 +113,16 @@ class NetworkConfig:
     (ManipulationCNN + flatten + linear)."""
     spatial_softmax: bool = True
     """manip only: --no-spatial-softmax replaces SpatialSoftmax by flatten + linear (= drqv2)."""
+    keypoint_trunk: Literal["running", "layernorm", "linear", "none"] = "layernorm"
+    """What the SpatialSoftmax keypoints pass through before the heads (manip with SpatialSoftmax
+    only; the other encoders have their own trunk, see --encoder): running (each coordinate
+    scaled by its running mean and std across the data), layernorm (LayerNorm across the 64
+    coordinates of an image + Tanh: the SB3 prototype's), linear (Linear -> LayerNorm -> Tanh:
+    DrQ-v2's trunk), none (raw coordinates)."""
+    state_estimate: bool = False
+    """Append the state head's estimate of the achieved goal (normalized units, detached: only
+    the auxiliary loss trains it) to the features the actor and critic read. Needs
+    --aux-coef > 0."""
     norm: bool = False
     """nature only: LayerNorm + Tanh trunk on the CNN output (the SB3 prototype's first fix)."""
     features_dim: int | None = None
@@ -129,6 +140,11 @@ class NetworkConfig:
     obs_norm_freeze_after: int | None = None
     """Stop updating the normalization statistics after this many sampled batches (default:
     never; 1 keeps the first batch's statistics)."""
+
+    @property
+    def uses_spatial_softmax(self) -> bool:
+        """drqv2 is manip --no-spatial-softmax under another name."""
+        return self.encoder == "manip" and self.spatial_softmax
 
 
 @dataclass(frozen=True)
@@ -155,6 +171,11 @@ class SACConfig:
     [-1/(1-gamma), 0] for Fetch's sparse rewards (OpenAI baselines' HER clips the same way).
     Not exact for SAC: the entropy bonus can lift a soft value above 0 (see
     benchmarks/learning.md); off by default. Dense rewards: only the upper bound 0 applies."""
+    aux_coef: float = 0.0
+    """Weight of the auxiliary loss (0: off): the state head regresses the normalized achieved
+    goal (the gripper in Reach, the object in Push), which the replay stores for HER, from the
+    image features; it trains the encoder through the optimizer that owns it. Privileged
+    information at training time only: acting never reads the achieved goal. Pixels only."""
     next_obs_encoder: Literal["target", "online", "split"] = "target"
     """Which encoder reads the next observation: target (the Polyak-averaged copy, for both the
     target Q and the next action), online (the trained encoder, no gradient, for both: DrQ-v2),
@@ -303,6 +324,24 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--drq-pad {r.drq_pad}: must be >= 0")
     if n.encoder not in ENCODERS:
         raise ConfigError(f"--encoder {n.encoder!r}: choose one of {_choices(ENCODERS)}")
+    if n.keypoint_trunk not in KEYPOINT_TRUNKS:
+        raise ConfigError(
+            f"--keypoint-trunk {n.keypoint_trunk!r}: choose one of {_choices(KEYPOINT_TRUNKS)}"
+        )
+    if s.aux_coef < 0:
+        raise ConfigError(f"--aux-coef {s.aux_coef}: must be >= 0")
+    if s.aux_coef > 0 and cfg.env.obs_mode != "pixels":
+        raise ConfigError(
+            f"--aux-coef {s.aux_coef} trains the image encoder; --{cfg.env.obs_mode} has no "
+            "image (use --aux-coef 0)"
+        )
+    if s.aux_coef > 0 and not n.normalize_obs:
+        raise ConfigError(
+            f"--aux-coef {s.aux_coef} regresses the normalized achieved goal; it needs the "
+            "goal statistics that --no-normalize-obs turns off"
+        )
+    if n.state_estimate and s.aux_coef <= 0:
+        raise ConfigError("--state-estimate reads the state head, which --aux-coef > 0 trains")
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
     if n.obs_norm_clip <= 0:

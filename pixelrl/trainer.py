@@ -55,6 +55,7 @@ from pixelrl.transfer import to_device, to_host, upload_step
 from pixelrl.vector_env import FetchVectorEnv, VecStep, WorkerError
 
 STATS_WINDOW = 100  # episodes in rollout/* means, as SB3's ep_info_buffer
+DIAGNOSTIC_SAMPLES = 512  # stored observations per encoder diagnostic (the probe: 256 + 256)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -211,7 +212,8 @@ class Trainer:
         self.venv: FetchVectorEnv | None = None
         self.stack: FrameStack | None = None
         self.last_checkpoint: Path | None = None
-        self.last_batch = None
+        # Diagnostics draw their own samples: logging leaves the training batches unchanged.
+        self.diagnostic_generator = torch.Generator(self.device).manual_seed(cfg.run.seed)
 
     def _find_checkpoint(self):
         run = self.cfg.run
@@ -394,8 +396,7 @@ class Trainer:
                 and st.vector_step % sac.train_freq == 0
             ):
                 for _ in range(sac.gradient_steps):
-                    self.last_batch = self.replay.sample(sac.batch_size)
-                    metrics.add(self.agent.update(self.last_batch))
+                    metrics.add(self.agent.update(self.replay.sample(sac.batch_size)))
                     st.n_updates += 1
             # 4. Receive, store, push frames.
             step = self.venv.step_wait() if run.overlap else self.venv.step(actions)
@@ -462,7 +463,7 @@ class Trainer:
         if metrics.count:
             scalars.update(metrics.means())
         metrics.reset(st.env_step)
-        if self.last_batch is not None:
-            sample = {k: v[:32] for k, v in self.last_batch.obs.items()}
+        if self.replay.num_episodes > 0:
+            sample = self.replay.sample_observations(DIAGNOSTIC_SAMPLES, self.diagnostic_generator)
             scalars.update(self.agent.encoder_diagnostics(sample))
         self.logger.log(scalars, st.env_step)

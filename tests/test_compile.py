@@ -32,23 +32,34 @@ def small_batch(seed: int, b: int = 8) -> Batch:
     return Batch(obs(), action, reward, obs(), torch.zeros(b))
 
 
-def agent(routing: str, compile: bool) -> SAC:
+def agent(routing: str, compile: bool, aux: bool) -> SAC:
     torch.manual_seed(0)
+    net = NetworkConfig(hidden_sizes=(64, 64))
+    if aux:  # keypoints normalized across the data, the state head, its estimate as an input
+        net = NetworkConfig(hidden_sizes=(64, 64), keypoint_trunk="running", state_estimate=True)
     return SAC(
         SHAPES,
         list(SHAPES),
         [-1.0] * 4,
         [1.0] * 4,
-        NetworkConfig(hidden_sizes=(64, 64)),
-        SACConfig(encoder_grad=routing, ent_coef="auto", learning_rate=LEARNING_RATE),
+        net,
+        SACConfig(
+            encoder_grad=routing,
+            ent_coef="auto",
+            learning_rate=LEARNING_RATE,
+            aux_coef=1.0 if aux else 0.0,
+        ),
         reward_range=(-1.0, 0.0),
         compile=compile,
     )
 
 
-@pytest.mark.parametrize("routing", ["critic", "actor", "separate"])
-def test_compiled_update_matches_eager(routing):
-    eager, compiled = agent(routing, compile=False), agent(routing, compile=True)
+@pytest.mark.parametrize(
+    "routing, aux",
+    [("critic", False), ("actor", False), ("separate", False), ("separate", True)],
+)
+def test_compiled_update_matches_eager(routing, aux):
+    eager, compiled = agent(routing, False, aux), agent(routing, True, aux)
     for step in range(STEPS):
         torch.manual_seed(step)  # the same policy noise for both
         expected = eager.update(small_batch(step))

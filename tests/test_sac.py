@@ -127,7 +127,7 @@ def test_spatial_softmax_coordinates_weights_and_gradient():
     weights = ss.attention(feats)
     assert torch.allclose(weights.sum(dim=(2, 3)), torch.ones(4, 32))
     out.sum().backward()
-    assert ss.temperature.grad is not None and ss.temperature.grad.abs() > 0
+    assert ss.log_temperature.grad is not None and ss.log_temperature.grad.abs() > 0
     assert feats.grad.abs().sum() > 0
     # A one-hot activation at row i, column j gives x = grid[j], y = grid[i].
     grid = torch.linspace(-1, 1, 21)
@@ -190,7 +190,7 @@ def test_optimizer_membership(routing):
     actor_ids = optimizer_param_ids(agent.actor_optimizer)
     critic_enc = {id(p) for p in encoder_params(agent, "critic")}
     actor_enc = {id(p) for p in encoder_params(agent, "actor")}
-    assert len(critic_enc) == 11  # 4 convs x 2 + temperature + LayerNorm x 2
+    assert len(critic_enc) == 11  # 4 convs x 2 + log temperature + LayerNorm x 2
     if routing == "critic":
         assert critic_enc <= critic_ids and not (critic_enc & actor_ids)
     elif routing == "actor":
@@ -339,11 +339,13 @@ def test_state_round_trip_gives_identical_actions_and_updates():
     assert math.isclose(agent.log_alpha.item(), restored.log_alpha.item())
 
 
-def test_encoder_diagnostics():
+def test_encoder_diagnostics_names():
     agent = make_agent()
-    diag = agent.encoder_diagnostics(random_obs(4, torch.Generator().manual_seed(0)))
-    assert diag["encoder/spatial_softmax_temperature"].item() == 1.0
-    assert {f"encoder/{k}_mean" for k in KEYS} <= set(diag)
+    diag = agent.encoder_diagnostics(random_obs(8, torch.Generator().manual_seed(0)))
+    assert diag["encoder/spatial_softmax_temperature"].item() == pytest.approx(1.0)
+    assert {f"encoder/{k}_std_across_batch" for k in KEYS} <= set(diag)
+    assert {"probe/achieved_goal_r2", "probe/achieved_goal_median_error_cm"} <= set(diag)
+    assert "encoder/keypoints_std_across_batch" in diag
 
 
 @pytest.mark.parametrize(
@@ -358,7 +360,10 @@ def test_encoder_diagnostics():
 def test_next_obs_encoder_choice(next_obs_encoder, expected):
     agent = make_agent(next_obs_encoder=next_obs_encoder)
     calls = {"online": 0, "target": 0}
-    for name, encoder in (("online", agent.critic_encoder), ("target", agent.target_encoder)):
+    for name, encoder in (
+        ("online", agent.critic_encoder.image),
+        ("target", agent.target_encoder.image),
+    ):
         encoder.register_forward_pre_hook(
             lambda module, args, _name=name: calls.__setitem__(_name, calls[_name] + 1)
         )

@@ -27,6 +27,14 @@ the encoder `--next-obs-encoder` names:
 `separate` routing always runs the actor's own encoder for the next action, as it owns
 different weights.
 
+The auxiliary loss (`--aux-coef`, off by default): the encoder's state head regresses the
+normalized achieved goal of obs (privileged: the simulator's position of the gripper in Reach,
+of the object in Push, stored by the replay for HER) from the image features. It is added to
+the loss of the optimizer that owns the encoder (critic loss with `critic` routing, actor loss
+with `actor`, each encoder's own with `separate`), so it trains the encoder whichever routing
+is chosen. Acting never reads the achieved goal; with `--state-estimate` it reads the head's
+estimate of it instead, detached.
+
 Vector inputs are normalized before any encoder sees them (`pixelrl.nets.normalize`): the
 statistics are updated from each sampled batch, then obs and next obs are scaled with the same
 statistics, as they are when acting.
@@ -48,6 +56,8 @@ from torch import nn
 
 from pixelrl.buffers.replay import Batch
 from pixelrl.config import NetworkConfig, SACConfig, parse_ent_coef
+from pixelrl.diagnostics import linear_probe, spread_across_batch
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.nets.encoders import ObservationEncoder
 from pixelrl.nets.heads import SquashedGaussianActor, TwinQ
 from pixelrl.nets.normalize import ObservationNormalizer
@@ -100,19 +110,30 @@ class SAC(nn.Module):
             return_bounds(reward_range, cfg.gamma) if cfg.clip_q_target else (-math.inf, math.inf)
         )
 
+        # The auxiliary loss needs an image to read and the achieved goal as its target.
+        self.aux = cfg.aux_coef > 0
+        if self.aux and (PIXELS not in keys or not net_cfg.normalize_obs):
+            raise ValueError("--aux-coef > 0 needs pixels among the keys and normalized goals")
+        state_head_dim = obs_shapes[ACHIEVED_GOAL][-1] if self.aux else 0
+
         # Inputs: vectors normalized with running statistics (buffers, saved with the weights).
+        # The achieved goal is normalized even where the networks do not read it: it is the
+        # auxiliary loss's target, in the units of the goals the networks do read.
+        norm_keys = list(keys)
+        if self.aux and ACHIEVED_GOAL not in norm_keys:
+            norm_keys.append(ACHIEVED_GOAL)
         self.normalizer = ObservationNormalizer(
             obs_shapes,
-            keys,
+            norm_keys,
             clip=net_cfg.obs_norm_clip,
             freeze_after=net_cfg.obs_norm_freeze_after,
             enabled=net_cfg.normalize_obs,
         )
 
         # Networks: a shared encoder, or one each for `separate`.
-        self.critic_encoder = ObservationEncoder(net_cfg, obs_shapes, keys)
+        self.critic_encoder = ObservationEncoder(net_cfg, obs_shapes, keys, state_head_dim)
         if self.routing == "separate":
-            self.actor_encoder = ObservationEncoder(net_cfg, obs_shapes, keys)
+            self.actor_encoder = ObservationEncoder(net_cfg, obs_shapes, keys, state_head_dim)
         else:
             self.actor_encoder = self.critic_encoder
         features_dim = self.critic_encoder.features_dim
@@ -121,6 +142,7 @@ class SAC(nn.Module):
         )
         self.critic = TwinQ(features_dim, action_dim, hidden)
         self.target_encoder = copy.deepcopy(self.critic_encoder).requires_grad_(False)
+        self.target_encoder.share_statistics(self.critic_encoder)  # one set, updated online
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
 
         # Entropy coefficient alpha: fixed, or learned toward a target entropy of -|A|.
@@ -186,10 +208,11 @@ class SAC(nn.Module):
         )
 
     def _encode(self, obs, next_obs):
-        """Features of obs for the critic (with gradient when the critic owns the encoder),
-        and of next obs for the target Q and the next action (without gradient)."""
+        """Parts and features of obs for the critic (with gradient when the critic owns the
+        encoder), and features of next obs for the target Q and the next action (without
+        gradient). Only obs updates the encoder's running statistics."""
         with torch.set_grad_enabled(self.routing != "actor"):  # `actor`: the critic reads
-            critic_features = self.critic_encoder(obs)  # the actor's encoder, no gradient
+            critic_parts = self.critic_encoder.parts(obs, update_stats=True)  # without gradient
         with torch.no_grad():
             if self.cfg.next_obs_encoder == "online":
                 next_features = self.critic_encoder(next_obs)
@@ -199,16 +222,22 @@ class SAC(nn.Module):
                 next_actor_features = self.actor_encoder(next_obs)
             else:  # shared encoders: the features above are the actor's too
                 next_actor_features = next_features
-        return critic_features, next_features, next_actor_features
+        return critic_parts, next_features, next_actor_features
 
-    def _actor_features(self, obs, critic_features):
-        """Features of obs for the actor step: the critic's, detached, when the critic owns the
-        encoder; otherwise a pass of the actor's encoder with gradient. Encoded here, after the
-        critic step, so that each backward pass has a graph of its own (a compiled update
-        would otherwise join both encoder passes in one node that the first backward frees)."""
+    def _actor_parts(self, obs, critic_parts):
+        """Parts of obs for the actor step: the critic's, detached, when the critic owns the
+        encoder; otherwise a pass of the actor's encoder with gradient (`separate`: its own
+        encoder, whose statistics take in the batch here). Encoded here, after the critic
+        step, so that each backward pass has a graph of its own (a compiled update would
+        otherwise join both encoder passes in one node that the first backward frees)."""
         if self.routing == "critic":
-            return critic_features.detach()
-        return self.actor_encoder(obs)
+            return {key: part.detach() for key, part in critic_parts.items()}
+        return self.actor_encoder.parts(obs, update_stats=self.routing == "separate")
+
+    def _aux_loss(self, encoder: ObservationEncoder, parts, achieved_goal) -> torch.Tensor:
+        """MSE of the state head's estimate from the image features (with gradient) against
+        the normalized achieved goal (B, G)."""
+        return F.mse_loss(encoder.state_head(parts[PIXELS]).float(), achieved_goal)
 
     def _update(
         self,
@@ -228,9 +257,11 @@ class SAC(nn.Module):
         # Normalize: the statistics take in this batch, then scale obs and next obs alike.
         self.normalizer.update(obs)
         obs, next_obs = self.normalizer(obs), self.normalizer(next_obs)
+        obs_goal = obs[ACHIEVED_GOAL] if self.aux else None  # the auxiliary loss's target
 
         with self._autocast():
-            critic_features, next_features, next_actor_features = self._encode(obs, next_obs)
+            critic_parts, next_features, next_actor_features = self._encode(obs, next_obs)
+            critic_features = ObservationEncoder.join(critic_parts)
 
             # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
             with torch.no_grad():
@@ -240,23 +271,32 @@ class SAC(nn.Module):
                 target_q = reward + self.cfg.gamma * (1.0 - terminated) * next_value
                 target_q = target_q.clamp(*self.q_target_bounds)  # (-inf, inf) unless clipped
 
-            # Critic step (with `critic` routing this also steps the encoder).
+            # Critic step (with `critic` routing this also steps the encoder, and the
+            # auxiliary loss, when on, trains the encoder with it).
             q1, q2 = self.critic(critic_features, action)
             critic_loss = 0.5 * (F.mse_loss(q1, target_q) + F.mse_loss(q2, target_q))
+            critic_total, aux_losses = critic_loss, []
+            if self.aux and self.routing != "actor":
+                aux_losses.append(self._aux_loss(self.critic_encoder, critic_parts, obs_goal))
+                critic_total = critic_total + self.cfg.aux_coef * aux_losses[-1]
         self.critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.backward()
+        critic_total.backward()
         self.critic_optimizer.step()
 
         # Actor step: maximize min Q - alpha log pi. The critic judges detached features, so
         # the encoder gets no gradient through Q; with `actor`/`separate` routing it gets one
-        # through the actor's own path.
+        # through the actor's own path (and the auxiliary loss joins the actor loss).
         with self._autocast():
-            actor_features = self._actor_features(obs, critic_features)
-            pi_action, log_prob = self.actor.sample(actor_features, noise[1])
+            actor_parts = self._actor_parts(obs, critic_parts)
+            pi_action, log_prob = self.actor.sample(ObservationEncoder.join(actor_parts), noise[1])
             q1_pi, q2_pi = self.critic(critic_features.detach(), pi_action)
             actor_loss = (alpha * log_prob - torch.min(q1_pi, q2_pi)).mean()
+            actor_total = actor_loss
+            if self.aux and self.routing != "critic":
+                aux_losses.append(self._aux_loss(self.actor_encoder, actor_parts, obs_goal))
+                actor_total = actor_total + self.cfg.aux_coef * aux_losses[-1]
         self.actor_optimizer.zero_grad(set_to_none=True)
-        actor_loss.backward()
+        actor_total.backward()
         self.actor_optimizer.step()
 
         # Entropy step: move alpha so that the policy's entropy approaches -|A|.
@@ -271,6 +311,8 @@ class SAC(nn.Module):
         # Polyak update of the target critic and its encoder copy.
         self.soft_update()
 
+        if aux_losses:
+            metrics["aux_loss"] = sum(aux_losses).detach() / len(aux_losses)
         metrics.update(
             critic_loss=critic_loss.detach(),
             actor_loss=actor_loss.detach(),
@@ -298,15 +340,37 @@ class SAC(nn.Module):
     # ------------------------------------------------------------------ diagnostics
     @torch.no_grad()
     def encoder_diagnostics(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Feature mean/std per input key (vectors after normalization), the mean std of each
-        normalization group, and the SpatialSoftmax temperature. obs: raw, as sampled."""
+        """Does the encoder know where things are? obs: raw, as sampled (achieved goal included).
+
+        - `encoder/<part>_std_across_batch`: per feature, the std across the samples, averaged
+          over the features (0 when every sample gives the same features, whatever their spread
+          within one sample); `encoder/keypoints_std_across_batch` the same before the trunk.
+        - `probe/achieved_goal_r2`, `probe/achieved_goal_median_error_cm`: a ridge regression
+          from the image features to the achieved goal, fitted on one half of `obs` and scored
+          on the other (`pixelrl.diagnostics.linear_probe`).
+        - `probe/state_estimate_median_error_cm`: the state head's own estimate, in metres x 100.
+        - the SpatialSoftmax temperature, and the mean std of each normalization group.
+        """
         out = dict(self.normalizer.describe())
-        for key, features in self.critic_encoder.parts(self.normalizer(obs)).items():
-            out[f"encoder/{key}_mean"] = features.mean()
-            out[f"encoder/{key}_std"] = features.std()
-        image = self.critic_encoder.image
-        if image is not None and image.spatial_softmax is not None:
+        encoder = self.critic_encoder
+        parts = encoder.parts(self.normalizer(obs))
+        for key, features in parts.items():
+            out[f"encoder/{key}_std_across_batch"] = spread_across_batch(features).mean()
+        image = encoder.image
+        if image is None:
+            return out
+        if image.spatial_softmax is not None:
+            keypoints = image.pre_trunk(obs[PIXELS])
+            out["encoder/keypoints_std_across_batch"] = spread_across_batch(keypoints).mean()
             out["encoder/spatial_softmax_temperature"] = image.spatial_softmax.temperature[0]
+        achieved_goal = obs[ACHIEVED_GOAL].double()
+        r2, error = linear_probe(parts[PIXELS], achieved_goal)
+        out["probe/achieved_goal_r2"], out["probe/achieved_goal_median_error_cm"] = r2, 100 * error
+        if encoder.state_head is not None:
+            estimate = encoder.state_head(parts[PIXELS])
+            estimate = self.normalizer.denormalize(ACHIEVED_GOAL, estimate).double()
+            distance = (estimate - achieved_goal).norm(dim=-1)
+            out["probe/state_estimate_median_error_cm"] = 100 * distance.median()
         return out
 
     # ------------------------------------------------------------------ state

@@ -315,13 +315,17 @@ class EpisodeReplay:
         self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
 
     # ------------------------------------------------------------------ sampling
-    def sample_indices(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(episode, t) for `batch_size` transitions drawn uniformly over stored transitions."""
+    def sample_indices(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(episode, t) for `batch_size` transitions drawn uniformly over stored transitions
+        (with the replay's own generator unless one is given)."""
         if self.num_episodes == 0:
             raise RuntimeError("cannot sample: no complete episode has been stored yet")
         cum = self._cumulative_lengths
+        generator = self.generator if generator is None else generator
         u = torch.randint(
-            self.num_transitions, (batch_size,), device=self.device, generator=self.generator
+            self.num_transitions, (batch_size,), device=self.device, generator=generator
         )
         episode = torch.searchsorted(cum, u, right=True)
         t = u - (cum[episode] - self.storage["lengths"][episode])
@@ -382,6 +386,19 @@ class EpisodeReplay:
         )
         terminated = (s["terminated"][episode] & (t == lengths - 1)).float()
         return Batch(obs, s["actions"][episode, t], reward, next_obs, terminated)
+
+    def sample_observations(
+        self, batch_size: int, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Stored observations as they were (no HER, no DrQ) for diagnostics: dict of
+        (B, ...) with pixels stacked uint8 (B, 3k, H, W). Draws from `generator`, so that
+        diagnostics leave the training batches as they would have been."""
+        episode, t = self.sample_indices(batch_size, generator)
+        obs = {key: self.storage[key][episode, t] for key in self.vector_keys}
+        obs[DESIRED_GOAL] = self.storage[DESIRED_GOAL][episode]
+        if self.has_pixels:
+            obs[PIXELS] = self.gather_frames(episode, t)[0]
+        return obs
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | os.PathLike) -> None:

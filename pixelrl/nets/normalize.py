@@ -125,17 +125,26 @@ class ObservationNormalizer(nn.Module):
             self.stats[group].update(rows, weight)
         self.batches_seen.add_(1)
 
+    def _scale(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of a group as float32, the std floored at min_std."""
+        stats = self.stats[group]
+        return stats.mean.to(torch.float32), stats.std.clamp_min(self.min_std).to(torch.float32)
+
     def forward(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """A new dict: vectors (x - mean) / max(std, min_std), clipped; other keys as given."""
         out = dict(obs)
         for group, group_keys in self.groups.items():
-            stats = self.stats[group]
-            mean = stats.mean.to(torch.float32)
-            std = stats.std.clamp_min(self.min_std).to(torch.float32)
+            mean, std = self._scale(group)
             for key in group_keys:
                 normalized = (obs[key].to(torch.float32) - mean) / std
                 out[key] = normalized.clamp(-self.clip, self.clip)
         return out
+
+    def denormalize(self, key: str, normalized: torch.Tensor) -> torch.Tensor:
+        """Back to the env's units: normalized * std + mean of `key`'s group (B, D)."""
+        group = next(g for g, group_keys in self.groups.items() if key in group_keys)
+        mean, std = self._scale(group)
+        return normalized.to(torch.float32) * std + mean
 
     def describe(self) -> dict[str, torch.Tensor]:
         """The mean of each group's per-dimension std (a diagnostic for the logs)."""

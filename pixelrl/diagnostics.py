@@ -1,0 +1,51 @@
+"""Does the image encoder know where things are? Two measurements that answer it.
+
+- `spread_across_batch`: per feature, the std across the samples of a batch. A feature that
+  reads the same for every image carries nothing, however much the features of one image
+  differ from each other (which is what `features.std()` over a whole (B, F) batch mixes in:
+  32 identical images gave 0.146 there, 32 random ones 0.163).
+- `linear_probe`: how well a linear map reads a position (the achieved goal: the gripper in
+  Reach, the object in Push) out of the features, fitted on one half of a batch and scored
+  on the other, as R^2 and the median error in the position's units.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def spread_across_batch(features: torch.Tensor) -> torch.Tensor:
+    """(B, F) -> (F,): each feature's std across the B samples (ddof 0)."""
+    return features.float().std(0, unbiased=False)
+
+
+def linear_probe(
+    features: torch.Tensor, targets: torch.Tensor, ridge: float = 1e-3
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Held-out ridge regression from features (B, F) to targets (B, D), in float64.
+
+    The first half of the rows fits, the second half scores: w = (X^T X + ridge * n I)^-1 X^T y
+    on centred features and targets (an unpenalized intercept). The features are NOT rescaled:
+    the probe reads them at the scale the heads see them beside unit-scale inputs, so a feature
+    whose spread across samples is well below sqrt(ridge) (~0.03) barely counts, however much
+    it would say once amplified (standardized, the features of an untrained encoder already
+    place the gripper to ~5 cm: the whole arm moves in the image).
+
+    Returns (R^2, median error) on the held-out half: R^2 = 1 - sum |y - y_hat|^2 /
+    sum |y - mean(y)|^2 pooled over the D target dimensions (1: exact, <= 0: no better than
+    the mean), and the median over rows of the Euclidean error |y - y_hat|.
+    """
+    x, y = features.detach().double().flatten(1), targets.detach().double()
+    half = len(x) // 2
+    if half < 2:
+        raise ValueError(f"a probe needs at least 4 samples, got {len(x)}")
+    x_fit, y_fit, x_test, y_test = x[:half], y[:half], x[half:], y[half:]
+    x_mean, y_mean = x_fit.mean(0), y_fit.mean(0)
+    x_fit, x_test = x_fit - x_mean, x_test - x_mean
+    gram = x_fit.T @ x_fit + ridge * half * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    weights = torch.linalg.solve(gram, x_fit.T @ (y_fit - y_mean))
+    prediction = x_test @ weights + y_mean
+    residual = ((y_test - prediction) ** 2).sum()
+    total = ((y_test - y_test.mean(0)) ** 2).sum().clamp_min(1e-12)
+    error = (y_test - prediction).norm(dim=-1).median()
+    return 1.0 - residual / total, error

@@ -1,0 +1,257 @@
+"""Does the encoder learn where things are: the keypoint trunk, the state head and its auxiliary
+loss, and the diagnostics that judge them (pixelrl.nets.encoders, pixelrl.agents.sac,
+pixelrl.diagnostics)."""
+
+import pytest
+import torch
+from test_sac import KEYS, SHAPES, make_agent, random_batch, random_obs
+
+from pixelrl.config import ConfigError, EnvConfig, NetworkConfig, SACConfig, TrainConfig, validate
+from pixelrl.diagnostics import linear_probe, spread_across_batch
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+from pixelrl.nets.encoders import (
+    STATE_ESTIMATE,
+    ImageEncoder,
+    KeypointNorm,
+    ObservationEncoder,
+    SpatialSoftmax,
+    _norm_trunk,
+)
+
+AUX = dict(net=NetworkConfig(keypoint_trunk="running"), aux_coef=1.0)
+
+
+# ---------------------------------------------------------------- the keypoint trunk
+def test_an_isolated_keypoint_moves_its_feature_with_running_norm_not_with_layernorm():
+    """LayerNorm across one image's 64 coordinates saturates a keypoint far from the others;
+    per-dimension statistics across the data keep its movement visible."""
+    gen = torch.Generator().manual_seed(0)
+    data = 0.01 * torch.randn(256, 64, generator=gen)  # 63 keypoints clustered near the centre
+    data[:, 0] = 0.6 + 0.05 * torch.randn(256, generator=gen)  # one keypoint far away
+    moved = data[:1].clone()
+    moved[0, 0] += 0.02  # about 0.8 px of the 84-px image
+    layernorm = _norm_trunk(64)
+    running = KeypointNorm(64)
+    running.update(data)
+    with torch.no_grad():
+        assert (layernorm(moved) - layernorm(data[:1]))[0, 0].abs() < 1e-3  # saturated
+        assert (running(moved) - running(data[:1]))[0, 0].abs() > 0.3  # 0.02 / 0.05 std
+
+
+def test_keypoint_norm_statistics_first_batch_then_moving_average():
+    norm = KeypointNorm(3, momentum=0.1)
+    first = torch.tensor([[0.0, 1.0, 2.0], [2.0, 1.0, 4.0]])
+    norm.update(first)
+    torch.testing.assert_close(norm.mean, first.mean(0))
+    torch.testing.assert_close(norm.var, first.var(0, unbiased=False))
+    second = first + 1.0
+    norm.update(second)
+    torch.testing.assert_close(norm.mean, first.mean(0) + 0.1)
+    # EW variance: (1 - r) (var + r delta^2) + r batch_var, with delta = 1 and r = 0.1.
+    expected = 0.9 * (first.var(0, unbiased=False) + 0.1 * 1.0**2) + 0.1 * second.var(
+        0, unbiased=False
+    )
+    torch.testing.assert_close(norm.var, expected)
+
+
+def test_a_still_keypoint_is_not_blown_up_when_it_moves():
+    norm = KeypointNorm(4, relative_floor=0.1)
+    data = torch.randn(128, 4)
+    data[:, 3] = 0.2  # sat still: its own std is 0
+    norm.update(data)
+    std = norm.std()
+    assert std[3] == pytest.approx(0.1 * norm.var.sqrt().mean().item())
+    jumped = data[:1].clone()
+    jumped[0, 3] += 0.05
+    out = norm(jumped)
+    assert out.abs().max() <= 5.0  # bounded
+    assert out[0, 3].item() == pytest.approx(5 * torch.tanh(0.05 / std[3] / 5).item(), rel=1e-5)
+
+
+def test_keypoint_norm_passes_gradient_to_keypoints_not_to_statistics():
+    norm = KeypointNorm(4)
+    norm.update(torch.randn(32, 4))
+    keypoints = torch.randn(8, 4, requires_grad=True)
+    norm(keypoints).sum().backward()
+    assert keypoints.grad.abs().min() > 0
+    assert not any(b.requires_grad for b in norm.buffers())
+
+
+@pytest.mark.parametrize("trunk", ["running", "layernorm", "linear", "none"])
+def test_keypoint_trunks(trunk):
+    enc = ImageEncoder(NetworkConfig(keypoint_trunk=trunk), 12, 84)
+    pixels = torch.randint(0, 256, (5, 12, 84, 84), dtype=torch.uint8)
+    keypoints = enc.pre_trunk(pixels)
+    assert keypoints.shape == (5, 64) and keypoints.abs().max() <= 1.0
+    out = enc(pixels, update_stats=True)
+    assert out.shape == (5, 50 if trunk == "linear" else 64)
+    if trunk == "none":
+        assert torch.equal(out, keypoints)
+    if trunk == "running":
+        torch.testing.assert_close(enc.trunk.mean, keypoints.mean(0))
+
+
+def test_the_update_alone_moves_the_statistics_and_the_target_encoder_reads_them():
+    agent = make_agent(**AUX)
+    trunk = agent.critic_encoder.image.trunk
+    assert agent.target_encoder.image.trunk is trunk  # one set of statistics
+    agent.act(random_obs(4, torch.Generator().manual_seed(0)))
+    assert trunk.batches_seen.item() == 0  # acting does not move them
+    batch = random_batch(seed=1)
+    with torch.no_grad():  # the keypoints of obs before the update moves the encoder
+        keypoints = agent.critic_encoder.image.pre_trunk(batch.obs[PIXELS])
+    agent.update(batch)
+    assert trunk.batches_seen.item() == 1  # obs only, not next obs
+    torch.testing.assert_close(trunk.mean, keypoints.mean(0))
+    state = agent.state()["networks"]
+    assert torch.equal(
+        state["target_encoder.image.net.2.mean"], state["critic_encoder.image.net.2.mean"]
+    )
+
+
+def test_temperature_saved_before_it_was_learned_as_a_log_still_loads():
+    ss = SpatialSoftmax(21, 21)
+    ss.load_state_dict({"temperature": torch.tensor([2.0]), "pos_x": ss.pos_x, "pos_y": ss.pos_y})
+    assert ss.temperature.item() == pytest.approx(2.0)
+    assert ss.log_temperature.requires_grad
+
+
+# ---------------------------------------------------------------- the state head
+@pytest.mark.parametrize("routing", ["critic", "actor", "separate"])
+def test_aux_loss_trains_the_encoder_through_its_owners_optimizer(routing):
+    agent = make_agent(routing, **AUX)
+    owners = {
+        "critic": [("critic", agent.critic_encoder)],
+        "actor": [("actor", agent.actor_encoder)],
+        "separate": [("critic", agent.critic_encoder), ("actor", agent.actor_encoder)],
+    }[routing]
+    for name, encoder in owners:
+        held = {
+            id(p) for g in getattr(agent, f"{name}_optimizer").param_groups for p in g["params"]
+        }
+        assert {id(p) for p in encoder.state_head.parameters()} <= held
+    # The auxiliary loss alone gives the convolutions a gradient through the head.
+    batch = random_batch()
+    obs = agent.normalizer(batch.obs)
+    for _, encoder in owners:
+        parts = encoder.parts(obs)
+        agent._aux_loss(encoder, parts, obs[ACHIEVED_GOAL]).backward()
+        conv = encoder.image.net[0].convs[0].weight
+        assert conv.grad is not None and conv.grad.abs().sum() > 0
+    metrics = agent.update(batch)
+    assert metrics["aux_loss"] > 0 and not metrics["aux_loss"].requires_grad
+
+
+def test_aux_off_means_no_head_no_loss_and_the_previous_networks():
+    agent = make_agent()
+    assert agent.critic_encoder.state_head is None
+    assert "aux_loss" not in agent.update(random_batch())
+    assert not any("state_head" in k for k in agent.state()["networks"])
+
+
+def test_aux_coef_scales_the_encoder_gradient_of_the_critic_step():
+    """The critic step's encoder gradient is the TD gradient plus coef x the aux gradient."""
+
+    def conv_grad(coef):
+        agent = make_agent(net=NetworkConfig(keypoint_trunk="running"), aux_coef=coef)
+        grads = {}
+        original = agent.critic_optimizer.step
+
+        def capture(*args, **kwargs):
+            grads["conv"] = agent.critic_encoder.image.net[0].convs[0].weight.grad.clone()
+            return original(*args, **kwargs)
+
+        agent.critic_optimizer.step = capture
+        torch.manual_seed(0)
+        agent.update(random_batch())
+        return grads["conv"]
+
+    td, with_1, with_2 = conv_grad(1e-12), conv_grad(1.0), conv_grad(2.0)
+    aux = with_1 - td
+    assert aux.abs().sum() > 0
+    # Linear in the coefficient, to float32 rounding of sums of ~1e-4-sized terms.
+    torch.testing.assert_close(with_2 - td, 2 * aux, rtol=0, atol=1e-3 * aux.abs().max().item())
+
+
+def test_state_estimate_joins_the_features_detached():
+    agent = make_agent(
+        net=NetworkConfig(keypoint_trunk="running", state_estimate=True), aux_coef=1.0
+    )
+    encoder = agent.critic_encoder
+    assert encoder.features_dim == 64 + 10 + 3 + 3 + 3
+    obs = agent.normalizer(random_obs(6, torch.Generator().manual_seed(2)))
+    parts = encoder.parts(obs)
+    assert list(parts)[-1] == STATE_ESTIMATE
+    torch.testing.assert_close(parts[STATE_ESTIMATE], encoder.state_head(parts[PIXELS]))
+    # The critic's gradient does not reach the head: only the auxiliary loss trains it.
+    q1, q2 = agent.critic(encoder.join(parts), torch.zeros(6, 4))
+    (q1 + q2).sum().backward()
+    assert all(p.grad is None for p in encoder.state_head.parameters())
+    assert agent.act(random_obs(3, torch.Generator().manual_seed(3))).shape == (3, 4)
+
+
+def test_aux_target_is_the_normalized_achieved_goal_even_when_the_networks_do_not_see_it():
+    torch.manual_seed(0)
+    from pixelrl.agents.sac import SAC
+
+    keys = [PIXELS, DESIRED_GOAL]
+    agent = SAC(SHAPES, keys, [-1.0] * 4, [1.0] * 4, NetworkConfig(), SACConfig(aux_coef=1.0))
+    assert agent.critic_encoder.keys == keys  # the achieved goal is no input
+    assert agent.normalizer.groups["goal"] == [DESIRED_GOAL, ACHIEVED_GOAL]
+    agent.update(random_batch())
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(env=EnvConfig(full_state=True), sac=SACConfig(aux_coef=1.0)), "--aux-coef"),
+        (dict(network=NetworkConfig(state_estimate=True)), "--state-estimate"),
+        (
+            dict(network=NetworkConfig(normalize_obs=False), sac=SACConfig(aux_coef=1.0)),
+            "--no-normalize-obs",
+        ),
+        (dict(sac=SACConfig(aux_coef=-1.0)), "--aux-coef"),
+        (dict(network=NetworkConfig(keypoint_trunk="batchnorm")), "--keypoint-trunk"),
+    ],
+)
+def test_bad_encoder_flags_name_the_flag(change, message):
+    with pytest.raises(ConfigError, match=message):
+        validate(TrainConfig(**change))
+
+
+# ---------------------------------------------------------------- the diagnostics
+def test_identical_images_have_no_spread_across_the_batch():
+    encoder = ObservationEncoder(NetworkConfig(), SHAPES, KEYS)
+    one = torch.randint(0, 256, (1, *SHAPES[PIXELS]), dtype=torch.uint8)
+    with torch.no_grad():
+        same = encoder.image(one.expand(32, -1, -1, -1).contiguous())
+        different = encoder.image(torch.randint(0, 256, (32, *SHAPES[PIXELS]), dtype=torch.uint8))
+    assert spread_across_batch(same).max() < 1e-5
+    assert same.std() > 0.1  # what `features.std()` reported: spread within each sample
+    assert spread_across_batch(different).mean() > 10 * spread_across_batch(same).mean()
+
+
+def test_linear_probe_reads_a_linear_code_and_not_noise():
+    gen = torch.Generator().manual_seed(0)
+    goal = torch.rand(512, 3, generator=gen) * 0.3
+    mixing = torch.randn(3, 64, generator=gen)
+    features = goal @ mixing + 0.001 * torch.randn(512, 64, generator=gen)
+    r2, error = linear_probe(features, goal)
+    assert r2 > 0.99 and error < 0.005
+    r2, error = linear_probe(torch.randn(512, 64, generator=gen), goal)
+    assert r2 < 0.2 and error > 0.1
+    constant = torch.zeros(512, 64)  # features that carry nothing give the mean's error
+    r2, _ = linear_probe(constant, goal)
+    assert abs(r2) < 0.05
+    # The same code at a scale too small for the heads to read counts for little.
+    r2, _ = linear_probe(1e-4 * (goal @ mixing), goal)
+    assert r2 < 0.1
+
+
+def test_agent_diagnostics_probe_the_image_features():
+    agent = make_agent(**AUX)
+    obs = random_obs(64, torch.Generator().manual_seed(4))
+    diag = agent.encoder_diagnostics(obs)
+    assert -10 < diag["probe/achieved_goal_r2"] < 1
+    assert diag["probe/state_estimate_median_error_cm"] > 0
+    assert diag["encoder/keypoints_std_across_batch"] > 0
