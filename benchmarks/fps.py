@@ -132,7 +132,7 @@ def run_pixelrl(a) -> dict:
 
     def worker_pids():
         workers = trainer.venv.workers if trainer.venv is not None else []
-        return [w.process.pid for w in workers if hasattr(w, "process")]
+        return [w.pid for w in workers if hasattr(w, "pid")]
 
     memory = WorkerMemory(worker_pids)
     memory.start()

@@ -64,7 +64,7 @@ _TAG_NAMES = {
     "state_estimate": lambda v: "estimate" if v else "noEstimate",
 }
 # Options that do not change what is learned (they are not part of the tag).
-_UNTAGGED = {"vector", "mp_context", "encoder"}
+_UNTAGGED = {"vector", "encoder"}
 
 
 def config_tag(cfg: TrainConfig) -> str:
@@ -100,6 +100,7 @@ _RESUMABLE_RUN_FIELDS = {
     "overlap",
     "worker_timeout",
     "max_worker_restarts_per_hour",
+    "max_consecutive_worker_failures",
 }
 
 
@@ -111,7 +112,9 @@ def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
         for key, value in values.items():
             if section == "run" and key in _RESUMABLE_RUN_FIELDS:
                 continue
-            now = current.get(section, {}).get(key)
+            if key not in current.get(section, {}):  # a flag pixelrl no longer has
+                continue
+            now = current[section][key]
             if isinstance(value, list):
                 value = list(value)
                 now = list(now) if isinstance(now, (list, tuple)) else now

@@ -74,8 +74,6 @@ class EnvConfig:
     vector: Literal["async", "sync"] = "async"
     """async: one worker process per env with its own EGL context; sync: all envs in this
     process (debugging)."""
-    mp_context: Literal["spawn", "forkserver"] = "spawn"
-    """Multiprocessing start method of the async workers (fork would share one EGL context)."""
 
     @property
     def obs_mode(self) -> str:
@@ -229,8 +227,14 @@ class RunConfig:
     worker_timeout: float = 120.0
     """Seconds an env worker may take to answer before it counts as hung and is replaced."""
     max_worker_restarts_per_hour: int = 20
-    """Env worker failures (death, hang, exception) tolerated per hour; each one restarts that
-    env with a new episode. One more stops the run with a checkpoint and exit code 1."""
+    """Env worker failures (death, hang, exception) tolerated per hour, all envs together;
+    each one restarts that env with a new episode. One more stops the run with a checkpoint
+    and exit code 1."""
+    max_consecutive_worker_failures: int = 3
+    """An env whose worker fails this many times without finishing an episode between (failed
+    restarts included; a failure drops the partial episode, so such an env collects nothing)
+    is given up: the run stops with a checkpoint and exit code 1, for an env that keeps
+    hanging after about this many times --worker-timeout."""
 
 
 @dataclass(frozen=True)
@@ -279,11 +283,6 @@ def validate_env_config(cfg: EnvConfig) -> None:
         raise ConfigError(f"--n-envs {cfg.n_envs}: must be >= 1")
     if cfg.vector not in ("async", "sync"):
         raise ConfigError(f"--vector {cfg.vector!r}: choose one of async, sync")
-    if cfg.mp_context not in ("spawn", "forkserver"):
-        raise ConfigError(
-            f"--mp-context {cfg.mp_context!r}: choose spawn or forkserver (fork would share "
-            "one EGL context between workers)"
-        )
 
 
 def parse_ent_coef(value: str) -> tuple[bool, float]:
@@ -376,6 +375,10 @@ def validate(cfg: TrainConfig) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{flag} {value}: must be >= 1")
+    if run.max_consecutive_worker_failures < 1:
+        raise ConfigError(
+            f"--max-consecutive-worker-failures {run.max_consecutive_worker_failures}: must be >= 1"
+        )
     if run.max_worker_restarts_per_hour < 0:
         raise ConfigError(
             f"--max-worker-restarts-per-hour {run.max_worker_restarts_per_hour}: must be >= 0"

@@ -99,9 +99,9 @@ def evaluate(args: EvalArgs) -> dict:
                     results["return"].append(float(returns[i]))
                     results["final_distance"].append(float(distance))
                 returns[i] = 0.0
-            returns[step.failed] = 0.0  # a failed env's partial episode is dropped
-            policy.reset(np.flatnonzero(step.done | step.failed))
-            obs = step.obs
+            returns[step.lost] = 0.0  # a failed env's partial episode is dropped
+            policy.reset(np.flatnonzero(step.new_episode))
+            obs = step.to_act_on
             if venv.gave_up:  # an env left without a worker would never finish an episode
                 raise RuntimeError(f"evaluation stopped: {venv.gave_up}")
     report = {

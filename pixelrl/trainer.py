@@ -98,17 +98,19 @@ class TrainState:
         self.wall_time = 0.0  # seconds trained before this process
 
     def record(self, step: VecStep) -> None:
-        """Count one vector step: episode returns and lengths, finished episodes."""
-        self.env_step += len(step.reward)
+        """Count one vector step: the env steps really collected (not those of envs whose
+        transition was lost), episode returns and lengths, finished episodes."""
+        collected = ~step.lost
+        self.env_step += int(collected.sum())
         self.vector_step += 1
         self.episode_return += step.reward
-        self.episode_length += 1
+        self.episode_length += collected
         for i in np.flatnonzero(step.done):
             self.recent["successes"].append(float(step.is_success[i]))
             self.recent["returns"].append(float(self.episode_return[i]))
             self.recent["lengths"].append(int(self.episode_length[i]))
             self.episodes += 1
-        self.restart_episodes(step.done | step.failed)
+        self.restart_episodes(step.new_episode)
 
     def restart_episodes(self, mask: np.ndarray) -> None:
         self.episode_return[mask], self.episode_length[mask] = 0.0, 0
@@ -242,6 +244,7 @@ class Trainer:
             seed=run.seed,
             timeout_s=run.worker_timeout,
             max_restarts_per_hour=run.max_worker_restarts_per_hour,
+            max_consecutive_failures=run.max_consecutive_worker_failures,
         )
 
     # ------------------------------------------------------------------ save and restore
@@ -434,22 +437,23 @@ class Trainer:
     def _store(self, actions: np.ndarray, step: VecStep) -> dict[str, torch.Tensor]:
         """Put the step in the replay and the frame stack; the observations to act on next.
 
-        An env whose worker failed starts over: its partial episode is dropped and its frame
-        stack restarts.
+        An env whose transition was lost (its worker failed) starts over: its partial episode
+        is dropped and its frame stack restarts.
         """
         for i, reason in step.failures.items():
+            kept = "its partial episode is dropped" if step.lost[i] else "its episode is kept"
             print(
                 f"\nwarning: env {i}'s worker failed at env step {self.state.env_step:,}: "
-                f"{reason}; its partial episode is dropped and it starts a new one "
+                f"{reason}; {kept} and it starts a new one "
                 f"(restart {self.venv.restart_counts[i]})"
             )
-        obs, next_obs = upload_step(step.obs, step.next_obs, step.done, self.device)
+        to_act_on, next_obs = upload_step(step.to_act_on, step.next_obs, step.done, self.device)
         self.replay.add(
-            actions, next_obs, step.terminated, step.truncated, obs, discard=step.failed
+            actions, next_obs, step.terminated, step.truncated, to_act_on, discard=step.lost
         )
         if self.stack is not None:
-            self.stack.push(obs[PIXELS], step.done | step.failed)
-        return obs
+            self.stack.push(to_act_on[PIXELS], step.new_episode)
+        return to_act_on
 
     def _log(self, metrics: MetricSums) -> None:
         st = self.state

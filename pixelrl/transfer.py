@@ -37,23 +37,24 @@ def to_host(tensor: torch.Tensor) -> np.ndarray:
     return tensor.cpu().numpy()
 
 
-def upload_step(obs: dict, next_obs: dict, done: np.ndarray, device: torch.device):
+def upload_step(to_act_on: dict, next_obs: dict, done: np.ndarray, device: torch.device):
     """The step's observations on the device, copied once.
 
-    `obs` (what to act on next) and `next_obs` (what the replay stores) differ only where an
-    episode ended, so `obs` goes to the device once and `next_obs` is that copy with the final
+    `to_act_on` and `next_obs` (what the replay stores) differ only where an episode ended, so
+    `to_act_on` goes to the device once and `next_obs` is that copy with the final
     observations of the ended episodes put in. The frame stack and the replay both read these.
 
     Returns:
-        (obs, next_obs): dicts of (N, ...) device tensors; the same tensors when nothing ended.
+        (to_act_on, next_obs): dicts of (N, ...) device tensors; the same tensors when nothing
+        ended.
     """
-    obs_device = {key: to_device(value, device) for key, value in obs.items()}
+    act_device = {key: to_device(value, device) for key, value in to_act_on.items()}
     ended = np.flatnonzero(done)
     if len(ended) == 0:
-        return obs_device, obs_device
+        return act_device, act_device
     rows = to_device(ended, device)
     next_device = {}
-    for key, value in obs_device.items():
+    for key, value in act_device.items():
         next_device[key] = value.clone()
         next_device[key][rows] = to_device(next_obs[key][ended], device)
-    return obs_device, next_device
+    return act_device, next_device

@@ -1,24 +1,35 @@
 """N Fetch envs stepped in parallel worker processes, with the episode boundary made explicit
 and a run that outlives its workers.
 
-Each env lives in its own worker process (spawn or forkserver, one EGL context each) and talks
-to the learner over a pipe. A worker resets in the same step its episode ends and hands back
-both the episode's final observation and the new episode's first one (`VecStep.next_obs` and
-`VecStep.obs`), so no stored transition crosses two episodes and no step is spent on a reset.
+Each env lives in its own worker process (`pixelrl.worker`: a fresh interpreter with its own
+EGL context, started with fork + exec, so nothing of the learner's GL state or torch is
+inherited) and talks to the learner over a socket. A worker resets in the same step its
+episode ends and hands back both the episode's final observation and the new episode's first
+one (`VecStep.next_obs` and `VecStep.to_act_on`), so no stored transition crosses two episodes
+and no step is spent on a reset.
 
 A worker can fail: its process dies (OOM kill, a segfault in MuJoCo or EGL, kill -9), it stops
-answering, or its env raises. The learner waits on each worker's pipe *and* its process
-sentinel with a deadline, so every failure is seen within `timeout_s`, never as a hang. The
-failed env's worker is replaced by a fresh one, which starts a new episode with a seed derived
-from the run seed, the env index and the env's restart count (`env_seed`; runs stay
-reproducible); the step reports the env in `VecStep.failures`, so the learner drops its
-partial episode and restarts its frame stack. Past `max_restarts_per_hour` a failed env is
-left down and `gave_up` says why: the learner then checkpoints what is consistent and stops.
+answering (or freezes half-way through an answer), its env raises, or a replacement cannot
+even start. The learner reads every answer with a deadline, so each failure is seen within
+`timeout_s`, never as a hang. A failed env's worker is replaced by a fresh one, which starts a
+new episode with a seed derived from the run seed, the env index and the env's restart count
+(`env_seed`; runs stay reproducible); the step reports the env in `VecStep.failures`, and
+`VecStep.lost` says whether its transition was lost (the learner then drops the partial
+episode and restarts its frame stack) or real (only the reset after an episode's last step
+failed: the finished episode is kept). An env is given up, and left without a worker, when it
+fails `max_consecutive_failures` times without finishing an episode between (an env that keeps
+hanging: after about that many times `timeout_s`), or when the whole pool fails more than
+`max_restarts_per_hour` times within an hour; `gave_up` then says why, and the learner
+checkpoints what is consistent and stops.
 
-Workers ignore SIGINT and SIGTERM: a Ctrl-C in the terminal or a scheduler's SIGTERM reaches
-the whole process group, and the learner alone decides when the workers stop (after finishing
-its step and writing a checkpoint). A worker exits when its pipe closes, so no worker outlives
-a learner killed with SIGKILL. `close()` asks, waits a bounded time, then kills.
+What the learner knows of each env is one `EnvHealth`: alive, failed (a request could not go
+out, or it hung while a checkpoint asked for its state: the next `step_wait` reports and
+replaces it) or down (given up), with the reason and its failures since its last finished
+episode.
+
+Workers ignore SIGINT and SIGTERM (see `pixelrl.worker`), and the kernel kills them when the
+learner dies, so none outlives a learner killed with SIGKILL. `close()` asks, waits a bounded
+time, then kills.
 
 `vector="sync"` runs the same envs in this process (debugging, state-only runs), with the same
 failure handling for exceptions. This module does not import torch, so workers stay small.
@@ -28,29 +39,40 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import multiprocessing
+import os
 import signal
+import socket
+import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import wait
+from typing import Literal
 
 import numpy as np
 
 from pixelrl.config import EnvConfig, validate_env_config
 from pixelrl.envs import FetchObservation, make_fetch_env
+from pixelrl.worker import BOOT, STOP_SIGNALS, MessageBuffer, answer_to, describe, send_message
 
 DEFAULT_TIMEOUT_S = 120.0
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 DEFAULT_MAX_RESTARTS_PER_HOUR = 20
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 3
 _CLOSE_WAIT_S = 5.0  # how long close() waits for workers to exit before it kills them
 
 
 class WorkerError(RuntimeError):
     """A worker died, hung or raised; the message names the env and what happened."""
+
+
+@dataclass
+class _ResetFailed:
+    """A step whose episode ended and whose reset then failed: the step is real."""
+
+    step_answer: tuple
+    reason: str
 
 
 def env_seed(seed: int, env_index: int, restart: int = 0) -> int:
@@ -61,70 +83,6 @@ def env_seed(seed: int, env_index: int, restart: int = 0) -> int:
     1 would share three of their four envs' seeds, and so their goal sequences.
     """
     return int(np.random.SeedSequence([seed, env_index, restart]).generate_state(1)[0])
-
-
-# ---------------------------------------------------------------------------- the worker side
-def _run_command(env: FetchObservation, command: str, data):
-    """One request to an env; the same code serves process workers and in-process envs."""
-    if command == "step":
-        obs, reward, terminated, truncated, info = env.step(data)
-        success = bool(info.get("is_success", False))
-        final_obs = None
-        if terminated or truncated:  # same-step autoreset: the next episode starts now
-            final_obs = obs
-            obs, _ = env.reset()
-        return obs, float(reward), bool(terminated), bool(truncated), success, final_obs
-    if command == "reset":
-        return env.reset(seed=data)[0]
-    if command == "get_state":
-        return env.get_sim_state()
-    if command == "set_state":
-        env.reset()
-        return env.set_sim_state(data)
-    if command == "spaces":
-        return env.observation_space, env.action_space
-    raise ValueError(f"unknown worker command {command!r}")
-
-
-def _worker_main(env_fn: Callable[[], FetchObservation], conn) -> None:
-    """A worker process: serve requests until told to close or until the learner is gone."""
-    # The learner alone decides when workers stop; see the module docstring. The worker was
-    # started with both signals blocked, so none got through before they are ignored here.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    env = None
-    try:
-        try:
-            env = env_fn()
-        except Exception as err:
-            conn.send(("error", _describe(err)))
-            return
-        while True:
-            try:
-                command, data = conn.recv()
-            except EOFError:  # the learner is gone: exit rather than outlive it
-                return
-            if command == "close":
-                conn.send(("ok", None))
-                return
-            try:
-                conn.send(("ok", _run_command(env, command, data)))
-            except (BrokenPipeError, EOFError):
-                return
-            except Exception as err:
-                conn.send(("error", _describe(err)))
-    except (BrokenPipeError, EOFError):
-        return
-    finally:
-        if env is not None:
-            env.close()
-
-
-def _describe(err: BaseException) -> str:
-    last = traceback.extract_tb(err.__traceback__)[-1:] if err.__traceback__ else []
-    where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-    return f"{type(err).__name__}: {err}{where}"
 
 
 def _exit_description(exitcode: int | None) -> str:
@@ -138,86 +96,96 @@ def _exit_description(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-# ---------------------------------------------------------------------------- the learner side
-def _start_with_stop_signals_blocked(process, ctx) -> None:
-    """Start a worker so that SIGINT and SIGTERM sent while it boots wait until it ignores them.
-
-    A new process inherits the blocked-signal mask of the thread that starts it (a mask, not
-    signal.signal, so this works off the main thread too). Two helpers of multiprocessing get
-    in the way: the resource tracker unblocks both signals right after it launches itself
-    (so it is started first), and forkserver workers inherit the fork server's mask (so the
-    server starts with them blocked). In this process they are pending for the start alone.
-    """
-    from multiprocessing import forkserver, resource_tracker
-
-    resource_tracker.ensure_running()
-    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+# ---------------------------------------------------------------------------- workers
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """SIGINT and SIGTERM wait (are pending here) while a worker starts: it inherits the
+    blocked mask through fork and exec and ignores both before it unblocks them."""
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        if ctx.get_start_method() == "forkserver":
-            forkserver.ensure_running()
-        process.start()
+        yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 class _ProcessWorker:
-    """One env in its own process; requests and answers go through a pipe."""
+    """One env in its own process (`pixelrl.worker`); requests and answers go over a socket.
 
-    def __init__(self, ctx, env_fn, name: str):
-        self.conn, child_conn = ctx.Pipe()
-        self.process = ctx.Process(
-            target=_worker_main, args=(env_fn, child_conn), name=name, daemon=True
-        )
-        _start_with_stop_signals_blocked(self.process, ctx)
-        child_conn.close()  # the worker's end lives in the worker; EOF reaches us if it dies
+    The process dies with the thread that started it (PR_SET_PDEATHSIG on Linux), so start
+    workers from a thread that lives as long as the vector env (the trainer's main thread).
+    """
+
+    def __init__(self, env_fn: Callable[[], FetchObservation], timeout_s: float):
+        self.sock, child = socket.socketpair()
+        with child, _stop_signals_blocked():
+            fd = child.fileno()
+            command = [sys.executable, "-c", BOOT, str(fd), str(os.getpid()), *sys.path]
+            self.process = subprocess.Popen(command, pass_fds=[fd])
+        self.sock.settimeout(timeout_s)  # bounds sendall to a worker that stopped reading
+        self.received = MessageBuffer()
+        send_message(self.sock, ("env_fn", env_fn))
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def is_alive(self) -> bool:
+        return self.process.poll() is None
 
     def send(self, command: str, data=None) -> None:
-        self.conn.send((command, data))
+        send_message(self.sock, (command, data))
 
     def waitables(self) -> list:
-        return [self.conn, self.process.sentinel]
+        return [self.sock]  # readable when answer bytes arrive, and at EOF when it dies
 
     def ready(self) -> bool:
-        return self.conn.poll() or not self.process.is_alive()
+        return bool(wait([self.sock], 0))
 
-    def receive(self):
-        """The answer (ok, payload) / (error, text); raises WorkerError if the process died."""
+    def take_answer(self):
+        """Take in what has arrived (call when `ready`): the answer (status, payload) once it
+        is complete, else None. Raises WorkerError when the process died."""
         try:
-            if self.conn.poll():
-                return self.conn.recv()
-        except (EOFError, OSError):
-            pass
-        raise WorkerError(self.death())
+            chunk = self.sock.recv(1 << 20)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            raise WorkerError(self.death())
+        self.received.feed(chunk)
+        return self.received.pop()
+
+    def unanswered(self) -> str:
+        """Why the deadline passed without an answer."""
+        partial = self.received.progress()
+        return f"hung half-way through an answer ({partial} arrived)" if partial else ""
 
     def death(self) -> str:
-        """How the process ended (it is gone: its pipe is closed or its sentinel fired)."""
-        self.process.join(timeout=1.0)
-        return f"its process died ({_exit_description(self.process.exitcode)})"
+        """How the process ended (its socket closed)."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1.0)
+        return f"its process died ({_exit_description(self.process.returncode)})"
 
     def stop(self, wait_s: float) -> None:
         """Wait up to wait_s for the process to exit (after a "close" request), then kill it
         (it ignores SIGTERM, so SIGKILL is the way): never waits without a bound."""
-        self.process.join(timeout=wait_s)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join(timeout=_CLOSE_WAIT_S)
-        self.conn.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=_CLOSE_WAIT_S)
+        self.sock.close()
 
 
 class _LocalWorker:
     """One env in this process, behind the same interface (vector='sync')."""
 
-    def __init__(self, env_fn):
+    def __init__(self, env_fn: Callable[[], FetchObservation]):
         self.env = env_fn()
         self.answer = None
 
     def send(self, command: str, data=None) -> None:
-        if command == "close":
-            return
-        try:
-            self.answer = ("ok", _run_command(self.env, command, data))
-        except Exception as err:
-            self.answer = ("error", _describe(err))
+        if command != "close":
+            self.answer = answer_to(self.env, command, data)
 
     def waitables(self) -> list:
         return []
@@ -225,9 +193,15 @@ class _LocalWorker:
     def ready(self) -> bool:
         return True
 
-    def receive(self):
+    def take_answer(self):
         answer, self.answer = self.answer, None
         return answer
+
+    def unanswered(self) -> str:
+        return ""
+
+    def death(self) -> str:
+        return "its env is gone"
 
     def stop(self, wait_s: float) -> None:
         if self.env is not None:
@@ -236,45 +210,70 @@ class _LocalWorker:
 
 
 @dataclass
+class EnvHealth:
+    """One env's worker as the learner sees it.
+
+    state:  alive: it answers; failed: it failed before `step_wait` asked it (a request could
+            not go out, or it hung while a checkpoint asked for its state), and the next
+            `step_wait` reports and replaces it; down: given up, no worker
+    reason: what happened, for failed and down
+    failures_since_episode: failures since its last finished episode (failed restarts count):
+            a failure drops the partial episode, so an env that cannot finish one between
+            failures contributes nothing
+    """
+
+    state: Literal["alive", "failed", "down"] = "alive"
+    reason: str = ""
+    failures_since_episode: int = 0
+
+
+@dataclass
 class VecStep:
     """One vector step, with the episode boundary made explicit.
 
-    obs:       the observation to act on next (a new episode's first obs where `done` or
-               where the env's worker failed and was restarted)
-    next_obs:  the true successor of the observation that was acted on (the final obs where
-               `done`), i.e. what the replay stores for this transition
-    failures:  env index -> what went wrong, for envs whose worker failed in this step: their
-               transition is not real (drop the partial episode); reward, terminated and
-               truncated are 0 there
+    next_obs:   the true successor of the observation that was acted on (an episode's final
+                obs where `done`): what the replay stores for this transition
+    to_act_on:  what the policy acts on next (a new episode's first obs where `new_episode`)
+    failures:   env index -> what went wrong, for envs whose worker failed in this step (each
+                was replaced, or is down)
+    lost:       (N,) bool, the env's transition is not real: its worker failed during the step
+                or it has no worker. Reward, terminated and truncated are 0 there and the
+                replay drops its partial episode. An env whose worker failed only in the reset
+                after an episode's last step keeps that transition (it is in `failures`, not
+                in `lost`).
     """
 
-    obs: dict[str, np.ndarray]
+    to_act_on: dict[str, np.ndarray]
     next_obs: dict[str, np.ndarray]
     reward: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
     is_success: np.ndarray
+    lost: np.ndarray
     failures: dict[int, str] = field(default_factory=dict)
 
     @property
     def done(self) -> np.ndarray:
+        """The episode ended in this step (a real transition)."""
         return self.terminated | self.truncated
 
     @property
-    def failed(self) -> np.ndarray:
-        mask = np.zeros(len(self.reward), dtype=bool)
-        mask[list(self.failures)] = True
-        return mask
+    def new_episode(self) -> np.ndarray:
+        """`to_act_on` starts a new episode: the last one ended, or its partial was lost."""
+        return self.done | self.lost
 
 
 class FetchVectorEnv:
     """N Fetch envs in worker processes (or in this process with vector='sync').
 
     Args:
-        cfg: the env settings; `cfg.n_envs` envs, `cfg.vector` and `cfg.mp_context`.
+        cfg: the env settings; `cfg.n_envs` envs, `cfg.vector`.
         seed: the run seed; env i is reset with `env_seed(seed, i)`.
         timeout_s: longest wait for any worker's answer before it counts as hung.
-        max_restarts_per_hour: restarts allowed in any hour before the env gives up.
+        max_restarts_per_hour: failures of all envs together allowed in any hour; one more
+            gives up the env that failed.
+        max_consecutive_failures: an env that fails this many times without finishing an
+            episode between (failed restarts included) is given up.
         env_fn: builds one env in a worker (default: `make_fetch_env(cfg)`); must pickle.
     """
 
@@ -284,6 +283,7 @@ class FetchVectorEnv:
         seed: int,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_restarts_per_hour: int = DEFAULT_MAX_RESTARTS_PER_HOUR,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         env_fn: Callable[[], FetchObservation] | None = None,
     ):
         validate_env_config(cfg)
@@ -292,19 +292,15 @@ class FetchVectorEnv:
         self.num_envs = cfg.n_envs
         self.timeout_s = timeout_s
         self.max_restarts_per_hour = max_restarts_per_hour
+        self.max_consecutive_failures = max_consecutive_failures
         self.env_fn = env_fn or partial(make_fetch_env, cfg)
-        self.ctx = multiprocessing.get_context(cfg.mp_context)
         self.restart_counts = [0] * self.num_envs  # per env, saved in checkpoints
         self._restart_times: collections.deque[float] = collections.deque()
-        self.down: set[int] = set()  # envs left without a worker (after giving up)
-        self.gave_up: str | None = None  # why restarts stopped, if they did
-        # Envs known to have failed before step_wait asks them (their step request did not
-        # go out, or they hung in get_states); step_wait reports and restarts them.
-        self._failed_unasked: dict[int, str] = {}
+        self.health = [EnvHealth() for _ in range(self.num_envs)]
         self.workers: list = []
         try:
-            for i in range(self.num_envs):  # one at a time: close() stops those started
-                self.workers.append(self._start_worker(i))
+            for _ in range(self.num_envs):  # one at a time: close() stops those started
+                self.workers.append(self._start_worker())
             spaces = self._request_all([("spaces", None)] * self.num_envs)
         except BaseException:
             self.close()
@@ -312,33 +308,47 @@ class FetchVectorEnv:
         self.single_observation_space, self.single_action_space = spaces[0]
         self.single_action_space.seed(seed)
 
+    @property
+    def gave_up(self) -> str | None:
+        """Why envs were left without a worker, or None while every env has one."""
+        down = [f"env {i}: {h.reason}" for i, h in enumerate(self.health) if h.state == "down"]
+        return "; ".join(down) or None
+
     # ------------------------------------------------------------------ workers
-    def _start_worker(self, index: int):
+    def _start_worker(self):
         if self.cfg.vector == "sync":
             return _LocalWorker(self.env_fn)
-        return _ProcessWorker(self.ctx, self.env_fn, name=f"pixelrl-env-{index}")
+        return _ProcessWorker(self.env_fn, self.timeout_s)
 
     def _gather(self, indices) -> dict[int, object]:
-        """Answers of the given workers; a WorkerError in place of each that failed.
-
-        Waits on every pipe and process sentinel together, up to `timeout_s` in all.
-        """
+        """Answers of the given workers: the payload, a _ResetFailed, or a WorkerError in
+        place of each that failed. Waits on every socket together, up to `timeout_s` in all,
+        taking in each answer's bytes as they arrive (one slow answer holds up no other)."""
         answers: dict[int, object] = {}
         pending = set(indices)
         deadline = time.monotonic() + self.timeout_s
         while pending:
             for i in [i for i in pending if self.workers[i].ready()]:
-                pending.discard(i)
                 try:
-                    status, payload = self.workers[i].receive()
+                    answer = self.workers[i].take_answer()
                 except WorkerError as err:
-                    answers[i] = err
+                    answer = err
+                if answer is None:  # more of it is on its way
                     continue
-                answers[i] = payload if status == "ok" else WorkerError(f"raised {payload}")
+                pending.discard(i)
+                if isinstance(answer, WorkerError):
+                    answers[i] = answer
+                elif answer[0] == "ok":
+                    answers[i] = answer[1]
+                elif answer[0] == "reset_failed":
+                    answers[i] = _ResetFailed(*answer[1])
+                else:
+                    answers[i] = WorkerError(f"raised {answer[1]}")
             remaining = deadline - time.monotonic()
             if pending and remaining <= 0:
                 for i in pending:
-                    answers[i] = WorkerError(f"no answer within {self.timeout_s:g} s (hung)")
+                    hung = f"no answer within {self.timeout_s:g} s (hung)"
+                    answers[i] = WorkerError(self.workers[i].unanswered() or hung)
                 break
             if pending:
                 wait([w for i in pending for w in self.workers[i].waitables()], remaining)
@@ -350,47 +360,68 @@ class FetchVectorEnv:
         for i, (command, data) in enumerate(requests):
             try:
                 self.workers[i].send(command, data)
-            except (BrokenPipeError, OSError) as err:
+            except OSError as err:
                 raise WorkerError(f"env {i}: cannot reach its worker ({err})") from err
         answers = self._gather(range(self.num_envs))
         for i, (command, _) in enumerate(requests):
-            if isinstance(answers[i], WorkerError):
-                raise WorkerError(f"env {i} ({command}): {answers[i]}")
+            if not isinstance(answers[i], WorkerError | _ResetFailed):
+                continue
+            raise WorkerError(f"env {i} ({command}): {answers[i]}")
         return [answers[i] for i in range(self.num_envs)]
 
-    def _restart(self, index: int) -> dict[str, np.ndarray] | None:
-        """Replace env `index`'s worker by a fresh env; its first observation, or None when
-        the restart budget is spent (the env stays down and `gave_up` says why). A restarted
-        worker that fails too counts as one more failure and is restarted again."""
-        while True:
-            now = time.monotonic()
-            while self._restart_times and now - self._restart_times[0] > 3600.0:
-                self._restart_times.popleft()
-            self.workers[index].stop(wait_s=0.0)
-            if len(self._restart_times) >= self.max_restarts_per_hour:
-                self.down.add(index)
-                self.gave_up = (
-                    f"{len(self._restart_times) + 1} worker failures within an hour, more than "
-                    f"--max-worker-restarts-per-hour {self.max_restarts_per_hour}"
-                )
-                return None
-            self._restart_times.append(now)
-            self.restart_counts[index] += 1
-            worker = self._start_worker(index)
-            self.workers[index] = worker
-            try:
-                worker.send("reset", env_seed(self.seed, index, self.restart_counts[index]))
-                answer = self._gather([index])[index]
-            except (BrokenPipeError, OSError) as err:
-                answer = WorkerError(f"cannot reach it ({err})")
-            if not isinstance(answer, WorkerError):
-                return answer
-            print(
-                f"warning: env {index}: its restarted worker failed too ({answer}); "
-                "restarting it again",
-                file=sys.stderr,
-                flush=True,
+    def _mark_failed(self, index: int, reason: str) -> None:
+        """Env `index` failed outside `step_wait`: stop its worker now (a late answer would be
+        read as the next request's), and let the next `step_wait` report and replace it."""
+        self.workers[index].stop(wait_s=0.0)
+        self.health[index] = EnvHealth("failed", reason, self.health[index].failures_since_episode)
+
+    def _limit_reached(self, failures: int, last: str) -> str | None:
+        """Why an env that has failed `failures` times since its last finished episode is
+        given up, or None while both limits allow one more restart."""
+        now = time.monotonic()
+        while self._restart_times and now - self._restart_times[0] > 3600.0:
+            self._restart_times.popleft()
+        if failures >= self.max_consecutive_failures:
+            return (
+                f"{failures} failures without a finished episode between, the limit of "
+                f"--max-consecutive-worker-failures {self.max_consecutive_failures} (the last: "
+                f"{last})"
             )
+        if len(self._restart_times) >= self.max_restarts_per_hour:
+            return (
+                f"{len(self._restart_times) + 1} worker failures within an hour, more than "
+                f"--max-worker-restarts-per-hour {self.max_restarts_per_hour} (the last: {last})"
+            )
+        return None
+
+    def _replace(self, index: int, reason: str) -> dict[str, np.ndarray] | None:
+        """Replace env `index`'s failed worker by a fresh env; its first observation, or None
+        when the env is given up (down, `gave_up` says why). A replacement that fails too, or
+        cannot even start, is one more failure and is replaced again, until one of the two
+        limits is reached."""
+        health = self.health[index]
+        while True:
+            health.failures_since_episode += 1
+            self.workers[index].stop(wait_s=0.0)
+            limit = self._limit_reached(health.failures_since_episode, reason)
+            if limit is not None:
+                self.health[index] = EnvHealth("down", limit, health.failures_since_episode)
+                return None
+            self._restart_times.append(time.monotonic())
+            self.restart_counts[index] += 1
+            try:
+                self.workers[index] = self._start_worker()
+                self.workers[index].send(
+                    "reset", env_seed(self.seed, index, self.restart_counts[index])
+                )
+                answer = self._gather([index])[index]
+            except Exception as err:  # e.g. OSError at spawn, the env's constructor raising
+                answer = WorkerError(f"its replacement could not start ({describe(err)})")
+            if not isinstance(answer, WorkerError | _ResetFailed):
+                self.health[index] = EnvHealth("alive", "", health.failures_since_episode)
+                return answer
+            reason = f"its replacement failed too ({answer})"
+            print(f"warning: env {index}: {reason}; replacing it again", file=sys.stderr)
 
     # ------------------------------------------------------------------ the env API
     def reset(self) -> dict[str, np.ndarray]:
@@ -401,24 +432,22 @@ class FetchVectorEnv:
 
     def get_states(self) -> list[dict | None]:
         """Each env's full simulator state (see `FetchObservation.get_sim_state`); None for
-        an env whose worker has failed (a resume starts it afresh)."""
+        an env without a working worker (a resume starts it afresh). A worker that fails to
+        answer is stopped and marked failed: the next step replaces it."""
         asked = []
         for i, worker in enumerate(self.workers):
-            if i in self.down:
+            if self.health[i].state != "alive":
                 continue
             try:
                 worker.send("get_state")
                 asked.append(i)
-            except (BrokenPipeError, OSError):
-                pass
+            except OSError:
+                self._mark_failed(i, worker.death())
         answers = self._gather(asked)
         states: list[dict | None] = [None] * self.num_envs
         for i in asked:
             if isinstance(answers[i], WorkerError):
-                # A late answer would be read as the next step's: stop the worker now, and
-                # let the next step restart it like any failed worker.
-                self.workers[i].stop(wait_s=0.0)
-                self._failed_unasked[i] = f"{answers[i]} (asked for its state)"
+                self._mark_failed(i, f"{answers[i]} (asked for its state)")
             else:
                 states[i] = answers[i]
         return states
@@ -442,39 +471,60 @@ class FetchVectorEnv:
         """Send each env its action; the answers are collected by `step_wait`."""
         actions = np.asarray(actions)
         for i, worker in enumerate(self.workers):
-            if i in self.down or i in self._failed_unasked:
+            if self.health[i].state != "alive":
                 continue
             try:
                 worker.send("step", actions[i])
-            except (BrokenPipeError, OSError):
-                self._failed_unasked[i] = worker.death()
+            except OSError:
+                self._mark_failed(i, worker.death())
 
     def step_wait(self) -> VecStep:
         n = self.num_envs
-        asked = [i for i in range(n) if i not in self.down and i not in self._failed_unasked]
+        asked = [i for i in range(n) if self.health[i].state == "alive"]
         answers = self._gather(asked)
-        failures = {i: str(a) for i, a in answers.items() if isinstance(a, WorkerError)}
-        failures.update(self._failed_unasked)
-        self._failed_unasked = {}
         reward = np.zeros(n, np.float32)
-        terminated, truncated, success = (np.zeros(n, bool) for _ in range(3))
-        obs: list = [None] * n
+        terminated, truncated, success, lost = (np.zeros(n, bool) for _ in range(4))
+        to_act_on: list = [None] * n
         next_obs: list = [None] * n
+        failures: dict[int, str] = {}
         for i in range(n):
-            if i in failures or i in self.down:
+            answer = answers.get(i)
+            if self.health[i].state == "failed" or isinstance(answer, WorkerError):
+                failures[i] = self.health[i].reason if answer is None else str(answer)
+                lost[i] = True
                 continue
-            obs[i], reward[i], terminated[i], truncated[i], success[i], final = answers[i]
-            next_obs[i] = obs[i] if final is None else final
-        for i in sorted(failures):
-            obs[i] = next_obs[i] = self._restart(i)  # None when the env is left down
-        for i in self.down:
-            failures.setdefault(i, "no worker (restarts stopped)")
-            obs[i] = next_obs[i] = {  # placeholders: a failed env's transition is never kept
-                key: np.zeros(space.shape, space.dtype)
-                for key, space in self.single_observation_space.spaces.items()
-            }
+            if self.health[i].state == "down":
+                lost[i] = True
+                continue
+            if isinstance(answer, _ResetFailed):
+                failures[i] = f"its reset after the episode's last step failed: {answer.reason}"
+                answer = answer.step_answer
+            to_act_on[i], reward[i], terminated[i], truncated[i], success[i], final = answer
+            next_obs[i] = to_act_on[i] if final is None else final
+            if final is not None:  # a finished episode
+                self.health[i].failures_since_episode = 0
+        for i, reason in sorted(failures.items()):
+            to_act_on[i] = self._replace(i, reason)  # None when the env is given up
+        placeholder = {  # a lost transition is never stored; it only keeps the shapes
+            key: np.zeros(space.shape, space.dtype)
+            for key, space in self.single_observation_space.spaces.items()
+        }
+        for i in range(n):
+            if to_act_on[i] is None:
+                to_act_on[i] = placeholder
+            if lost[i]:
+                next_obs[i] = to_act_on[i]
+            if self.health[i].state == "down":
+                failures.setdefault(i, f"no worker ({self.health[i].reason})")
         return VecStep(
-            _stack(obs), _stack(next_obs), reward, terminated, truncated, success, failures
+            _stack(to_act_on),
+            _stack(next_obs),
+            reward,
+            terminated,
+            truncated,
+            success,
+            lost,
+            failures,
         )
 
     def step(self, actions: np.ndarray) -> VecStep:
@@ -495,8 +545,8 @@ class FetchVectorEnv:
     def close(self) -> None:
         """Stop every worker: ask, wait up to 5 s, then kill; bounded in time."""
         for i, worker in enumerate(self.workers):
-            if i not in self.down:
-                with contextlib.suppress(BrokenPipeError, OSError):
+            if self.health[i].state == "alive":
+                with contextlib.suppress(OSError):
                     worker.send("close")  # all at once, so that they exit in parallel
         deadline = time.monotonic() + _CLOSE_WAIT_S
         for worker in self.workers:

@@ -155,7 +155,7 @@ def _single_env_rollout(cfg: EnvConfig, seed: int, actions: np.ndarray):
 
 
 def test_vector_env_matches_single_envs_and_respects_episode_boundary():
-    cfg = EnvConfig(n_envs=2, vector="async", mp_context="spawn")
+    cfg = EnvConfig(n_envs=2, vector="async")
     steps = 53  # crosses the 50-step boundary
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1, 1, (steps, 2, 4)).astype(np.float32)
@@ -164,7 +164,7 @@ def test_vector_env_matches_single_envs_and_respects_episode_boundary():
         vec_obs, vec_next, vec_done = [obs], [], []
         for t in range(steps):
             step = venv.step(actions[t])
-            vec_obs.append(step.obs)
+            vec_obs.append(step.to_act_on)
             vec_next.append(step.next_obs)
             vec_done.append(step.done)
     for i in range(2):
@@ -195,7 +195,7 @@ def test_sync_vector_env_reports_success_at_episode_end():
             delta = obs[DESIRED_GOAL] - obs[ACHIEVED_GOAL]
             action = np.concatenate([np.clip(delta * 10, -1, 1), np.zeros((2, 1))], 1)
             step = venv.step(action.astype(np.float32))
-            obs = step.obs
+            obs = step.to_act_on
         assert step.done.all() and step.is_success.all()
 
 
@@ -234,7 +234,6 @@ def test_policy_keys_follow_goal_mode():
         (EnvConfig(goal_mode="sideways"), r"--goal-mode 'sideways'.*none, desired, both"),
         (EnvConfig(full_state=True, no_pixels=True), r"--full-state and --no-pixels"),
         (EnvConfig(image_size=16), r"--image-size 16: must be >= 32"),
-        (EnvConfig(mp_context="fork"), r"--mp-context 'fork'"),
         (EnvConfig(full_state=True, proprioception=False), r"--no-proprioception needs"),
         (EnvConfig(no_pixels=True, proprioception=False), r"goals only"),
     ],
@@ -260,7 +259,7 @@ def test_saved_sim_states_restore_the_same_episode_continuation():
         venv.reset()
         for t in range(30):
             step = venv.step(actions[t])
-        states, obs_at_save = venv.get_states(), step.obs
+        states, obs_at_save = venv.get_states(), step.to_act_on
         reference = [venv.step(actions[t]) for t in range(30, 80)]
     with FetchVectorEnv(cfg, seed=99) as restored:
         obs = restored.set_states(states)
@@ -269,7 +268,7 @@ def test_saved_sim_states_restore_the_same_episode_continuation():
         for t, ref in zip(range(30, 80), reference, strict=True):
             step = restored.step(actions[t])
             assert np.array_equal(step.done, ref.done)
-            for key in step.obs:
+            for key in step.to_act_on:
                 np.testing.assert_array_equal(step.next_obs[key], ref.next_obs[key])
-                np.testing.assert_array_equal(step.obs[key], ref.obs[key])
+                np.testing.assert_array_equal(step.to_act_on[key], ref.to_act_on[key])
     assert any(r.done.any() for r in reference)  # the continuation crossed an episode end

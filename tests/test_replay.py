@@ -59,7 +59,7 @@ def fill(replay: EpisodeReplay, episodes: list[int], lengths: list[int]) -> None
                 step_obs(ep, t + 1),
                 terminated=[False],
                 truncated=[done],
-                reset_obs=step_obs(nxt, 0) if done else None,
+                to_act_on=step_obs(nxt, 0) if done else None,
             )
 
 
@@ -339,8 +339,8 @@ def test_real_env_transitions_and_rewards():
             action = np.concatenate([np.clip(delta * 10 + noise, -1, 1), np.zeros((2, 1))], 1)
             step = venv.step(action.astype(np.float32))
             rewards.append(step.reward)
-            replay.add(action, step.next_obs, step.terminated, step.truncated, step.obs)
-            obs = step.obs
+            replay.add(action, step.next_obs, step.terminated, step.truncated, step.to_act_on)
+            obs = step.to_act_on
     assert replay.num_episodes == 4
     env_rewards = np.stack(rewards)  # (2T, 2 envs)
     s = replay.storage

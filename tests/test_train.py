@@ -137,8 +137,11 @@ def test_end_to_end_run_and_eval(tmp_path):
         "train/n_updates",
         "time/fps",
         "encoder/spatial_softmax_temperature",
-        "encoder/pixels_mean",
-        "encoder/proprioception_std",
+        "encoder/pixels_std_across_batch",
+        "encoder/keypoints_std_across_batch",
+        "encoder/proprioception_std_across_batch",
+        "probe/achieved_goal_r2",
+        "probe/achieved_goal_median_error_cm",
     } <= tags
     assert [e.step for e in events.Scalars("time/fps")] == [40, 80, 120, 160, 200]
     steps = [int(p.name.split("_")[1]) for p in list_checkpoints(run_dir)]

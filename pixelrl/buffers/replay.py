@@ -246,7 +246,7 @@ class EpisodeReplay:
         next_obs: dict,
         terminated,
         truncated,
-        reset_obs: dict | None = None,
+        to_act_on: dict | None = None,
         discard=None,
     ) -> int:
         """Stage one vector step for all N envs; commit the episodes that ended.
@@ -255,11 +255,12 @@ class EpisodeReplay:
             action: (N, A) actions taken.
             next_obs: dict of (N, ...): the true successor of each acted-on observation.
             terminated, truncated: (N,) bool.
-            reset_obs: dict of (N, ...): the first observation of the next episode for envs
-                that ended or are discarded (required when any did).
+            to_act_on: dict of (N, ...): what each env acts on next, which is the first
+                observation of a new episode for envs that ended or are discarded (required
+                when any did).
             discard: (N,) bool, envs whose step is not a real transition (their worker
                 failed): their partial episode is dropped, never committed, and they start
-                staging again from reset_obs.
+                staging again from to_act_on.
         Returns:
             number of episodes committed.
         """
@@ -289,9 +290,9 @@ class EpisodeReplay:
             self._commit(ended, terminated[ended])
         restarted = np.flatnonzero(done | discard)
         if len(restarted):
-            if reset_obs is None:
-                raise ValueError("reset_obs is required when an episode ends or is discarded")
-            self.start_episodes(reset_obs, restarted)
+            if to_act_on is None:
+                raise ValueError("to_act_on is required when an episode ends or is discarded")
+            self.start_episodes(to_act_on, restarted)
         return len(ended)
 
     def _commit(self, envs: np.ndarray, terminated: np.ndarray) -> None:
