@@ -1,6 +1,6 @@
 """Train SAC + HER on a Fetch task from pixels.
 
-    python train.py --encoder manip --no-drq            # the SB3 prototype's winning recipe
+    python train.py --encoder manip --no-drq            # the recipe (see README)
     python train.py --env-id FetchReach-v4 --full-state --total-steps 10000
     python train.py --resume                            # continue the run from its last checkpoint
 

@@ -107,12 +107,13 @@ _RESUMABLE_RUN_FIELDS = {
 def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     """Raise ConfigError naming every flag that differs from the interrupted run's."""
     current = to_dict(cfg)
+    # Through the config classes: a flag pixelrl no longer has is dropped, an alias (drqv2)
+    # becomes what it stands for, a flag added since takes the value the run had without it.
+    saved = to_dict(from_dict(TrainConfig, saved))
     changed = []
     for section, values in saved.items():
         for key, value in values.items():
             if section == "run" and key in _RESUMABLE_RUN_FIELDS:
-                continue
-            if key not in current.get(section, {}):  # a flag pixelrl no longer has
                 continue
             now = current[section][key]
             if isinstance(value, list):

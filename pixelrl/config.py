@@ -3,9 +3,10 @@
 `tyro.cli` turns these dataclasses into the command line in `train.py` and `eval.py`; the
 docstring under each field becomes its `--help` text. Flags are flat (`--encoder`, not
 `--network.encoder`) so that the SB3 prototype's training command (the Stable-Baselines3
-pipeline pixelrl replaces) works unchanged. Defaults are its winning recipe: ManipulationCNN +
-SpatialSoftmax + proprioception, critic-encoder routing, no DrQ, 500K buffer, HER future k=8,
-plus the per-dimension normalization of the vector inputs it lacked.
+pipeline pixelrl replaces, benchmarks/sb3_pipeline.py) works unchanged. Defaults are its
+winning recipe: ManipulationCNN + SpatialSoftmax + proprioception, critic-encoder routing, no
+DrQ, 500K buffer, HER future k=8, plus the per-dimension normalization of the vector inputs
+it lacked.
 
 Nothing mutates a config after parsing; constructors take their own sub-config.
 """
@@ -108,7 +109,8 @@ class NetworkConfig:
 
     encoder: Literal["nature", "manip", "drqv2"] = "manip"
     """Image encoder: nature (NatureCNN), manip (ManipulationCNN + SpatialSoftmax), drqv2
-    (ManipulationCNN + flatten + linear)."""
+    (ManipulationCNN + flatten + linear: another name for manip --no-spatial-softmax, stored as
+    that)."""
     spatial_softmax: bool = True
     """manip only: --no-spatial-softmax replaces SpatialSoftmax by flatten + linear (= drqv2)."""
     keypoint_trunk: Literal["running", "layernorm", "linear", "none"] = "layernorm"
@@ -139,9 +141,15 @@ class NetworkConfig:
     """Stop updating the normalization statistics after this many sampled batches (default:
     never; 1 keeps the first batch's statistics)."""
 
+    def __post_init__(self):
+        # drqv2 is manip --no-spatial-softmax under another name: one network, one path, one
+        # run-directory tag (set at construction, like any default).
+        if self.encoder == "drqv2":
+            object.__setattr__(self, "encoder", "manip")
+            object.__setattr__(self, "spatial_softmax", False)
+
     @property
     def uses_spatial_softmax(self) -> bool:
-        """drqv2 is manip --no-spatial-softmax under another name."""
         return self.encoder == "manip" and self.spatial_softmax
 
 
@@ -163,7 +171,9 @@ class SACConfig:
     """Entropy coefficient: a number (fixed) or 'auto' (learned, target entropy -|A|)."""
     encoder_grad: Literal["critic", "actor", "separate"] = "critic"
     """Which loss trains the image encoder: critic (DrQ-v2: shared encoder in the critic
-    optimizer), actor (SB3 share_features_extractor=True), separate (SB3 default: one each)."""
+    optimizer), actor (SB3 share_features_extractor=True), separate (SB3 default: one each;
+    the next action then always reads the actor's own encoder, whatever --next-obs-encoder
+    says, since it holds other weights: see pixelrl/agents/sac.py)."""
     clip_q_target: bool = False
     """Clip the critic's soft target to the range of returns, [r_min, r_max] / (1 - gamma):
     [-1/(1-gamma), 0] for Fetch's sparse rewards (OpenAI baselines' HER clips the same way).
@@ -177,7 +187,8 @@ class SACConfig:
     next_obs_encoder: Literal["target", "online", "split"] = "target"
     """Which encoder reads the next observation: target (the Polyak-averaged copy, for both the
     target Q and the next action), online (the trained encoder, no gradient, for both: DrQ-v2),
-    split (target for the target Q, online for the next action: SB3)."""
+    split (target for the target Q, online for the next action: SB3). With --encoder-grad
+    separate the next action reads the actor's own encoder in all three."""
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1

@@ -6,7 +6,8 @@ goal vectors. Frame stacking for acting happens on the learner side
 (`pixelrl.frame_stack.FrameStack`, on the learner's device); the replay stores single frames
 too. This module does not import torch, so the workers stay small.
 
-Traps handled here and in `pixelrl.vector_env`:
+What would silently break pixel HER, and where it is handled (here and in
+`pixelrl.vector_env`):
 - EGL across fork: workers start with `spawn` (or forkserver); nothing renders in the parent.
 - Autoreset: workers reset in the same step an episode ends and hand back the true final
   observation as `next_obs` and the new episode's first observation as `obs`, so no stored
@@ -234,12 +235,6 @@ class FetchObservation(gym.Wrapper):
         self._time_limit()._elapsed_steps = state["elapsed_steps"]
         base.np_random.bit_generator.state = state["rng"]
         return self.observe(base._get_obs())
-
-    pending_sim_state: dict | None = None
-
-    def apply_pending_sim_state(self) -> dict[str, np.ndarray]:
-        state, self.pending_sim_state = self.pending_sim_state, None
-        return self.set_sim_state(state)
 
     def _time_limit(self) -> gym.wrappers.TimeLimit:
         env = self.env

@@ -1,4 +1,5 @@
-"""The SB3 prototype's three-panel training figure from TensorBoard events.
+"""The three-panel training figure of the SB3 prototype (benchmarks/sb3_pipeline.py), from
+TensorBoard events.
 
     python -m pixelrl.plot runs/manip/seed0 runs/manip_DrQ/seed0 --out curves.png
 

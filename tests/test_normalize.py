@@ -1,5 +1,7 @@
 """Vector-input normalization: exact statistics, where it is applied, and why it matters."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -90,10 +92,16 @@ def test_disabled_normalizer_is_the_identity_and_holds_no_statistics():
 
 # ---------------------------------------------------------------- in the agent
 def _record_encoder_inputs(encoder, seen: list):
-    def hook(module, args):
-        seen.append({k: v.detach().clone() for k, v in args[0].items()})
+    """Record the obs dict of every `encoder.parts` call (the update calls it directly, acting
+    through forward); `.remove()` on the result stops recording."""
+    original = encoder.parts
 
-    return encoder.register_forward_pre_hook(hook)
+    def parts(obs, *args, **kwargs):
+        seen.append({k: v.detach().clone() for k, v in obs.items()})
+        return original(obs, *args, **kwargs)
+
+    encoder.parts = parts
+    return SimpleNamespace(remove=lambda: delattr(encoder, "parts"))
 
 
 def test_acting_and_training_see_the_same_normalized_vectors():

@@ -83,16 +83,16 @@ def test_image_encoder_variants_and_sizes():
         NetworkConfig(encoder="nature", norm=True),
     ):
         out = ImageEncoder(cfg, 12, 84)(pixels)
-        sizes[(cfg.encoder, cfg.spatial_softmax, cfg.norm)] = out.shape[1]
+        sizes[(cfg.encoder, cfg.uses_spatial_softmax, cfg.norm)] = out.shape[1]
         if cfg.encoder != "nature" or cfg.norm:
             assert out.abs().max() <= 1.0  # LayerNorm + Tanh trunk
     assert sizes == {
         ("manip", True, False): 64,
-        ("drqv2", True, False): 50,
-        ("manip", False, False): 50,
-        ("nature", True, False): 256,
-        ("nature", True, True): 50,
+        ("manip", False, False): 50,  # drqv2 and manip --no-spatial-softmax: one network
+        ("nature", False, False): 256,
+        ("nature", False, True): 50,
     }
+    assert NetworkConfig(encoder="drqv2") == NetworkConfig(spatial_softmax=False)
 
 
 def test_observation_encoder_joins_keys():

@@ -13,9 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from pixelrl.build import config_tag, run_directory
+from pixelrl.build import check_resume_config, config_tag, run_directory
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
-from pixelrl.config import EnvConfig, ReplayConfig, RunConfig, SACConfig, TrainConfig
+from pixelrl.config import (
+    ConfigError,
+    EnvConfig,
+    NetworkConfig,
+    ReplayConfig,
+    RunConfig,
+    SACConfig,
+    TrainConfig,
+    to_dict,
+)
 from pixelrl.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -335,6 +344,19 @@ def test_config_tag_names_what_differs():
         sac=SACConfig(encoder_grad="actor"),
     )
     assert config_tag(cfg) == "manip_fullState_DrQ_actorEnc"
+    assert config_tag(TrainConfig(network=NetworkConfig(encoder="drqv2"))) == "manip_noSS"
+
+
+def test_resume_check_reads_an_older_run_config_through_the_config_classes():
+    cfg = TrainConfig(network=NetworkConfig(encoder="drqv2"))
+    saved = to_dict(cfg)
+    saved["env"]["mp_context"] = "spawn"  # a flag pixelrl no longer has
+    saved["network"]["encoder"] = "drqv2"  # an alias, stored before it was one
+    del saved["sac"]["aux_coef"]  # a flag added since
+    check_resume_config(saved, cfg)
+    saved["sac"]["batch_size"] = 7
+    with pytest.raises(ConfigError, match="--batch-size"):
+        check_resume_config(saved, cfg)
 
 
 @pytest.mark.slow

@@ -8,24 +8,26 @@ Which loss trains the image encoder is one choice (`--encoder-grad`), visible in
 
     critic    one shared encoder, in the critic optimizer only; the actor gets detached
               features and its optimizer holds no encoder parameter. The routing that made
-              pixel Push learn in the SB3 prototype (DrQ-v2).
+              pixel Push learn in the SB3 prototype (benchmarks/sb3_pipeline.py; DrQ-v2's routing).
     actor     one shared encoder trained only by the actor loss; the critic sees it without
               gradient (SB3's SAC with share_features_extractor=True).
     separate  actor and critic each own an encoder (SB3's default).
 
 The target critic has its own encoder copy, moved only by Polyak averaging. Each batch is
-encoded once per role: obs with gradient for the encoder's owner (with `critic` routing the
-actor reuses those features, detached; with `actor` routing the critic reads the encoder
-without gradient and the actor step encodes with gradient), and next obs without gradient, by
-the encoder `--next-obs-encoder` names:
+encoded once per role: obs with gradient for the encoder's owner, and next obs without
+gradient, by the encoder `--next-obs-encoder` names (target: the Polyak-lagged copy, one pass
+for both uses; online: DrQ-v2, which has no target encoder; split: SB3). What reads what, in
+one table (`_encode` and `_actor_parts` are its code):
 
-    target    the target encoder, whose features serve both the target Q and the next
-              action (one pass; the target encoder is a Polyak-lagged copy of the online one)
-    online    the online encoder for both (DrQ-v2, which has no target encoder)
-    split     the target encoder for the target Q, the online one for the next action (SB3)
+    --encoder-grad  Q(obs), critic step      actor step on obs      next obs (--next-obs-encoder)
+                                                                    target  online  split
+    critic          shared enc., gradient    the same, detached     T / T   O / O   T / O
+    actor           shared enc., no grad.    shared enc., gradient  T / T   O / O   T / O
+    separate        critic's enc., gradient  actor's enc., gradient T / A   O / A   T / A
 
-`separate` routing always runs the actor's own encoder for the next action, as it owns
-different weights.
+    (target Q / next action; T the target encoder, O the online critic-side encoder, A the
+    actor's own encoder: with `separate` the next action always reads A, which holds other
+    weights than the encoder T copies; the flag's help says so)
 
 The auxiliary loss (`--aux-coef`, off by default): the encoder's state head regresses the
 normalized achieved goal of obs (privileged: the simulator's position of the gripper in Reach,
@@ -208,9 +210,9 @@ class SAC(nn.Module):
         )
 
     def _encode(self, obs, next_obs):
-        """Parts and features of obs for the critic (with gradient when the critic owns the
-        encoder), and features of next obs for the target Q and the next action (without
-        gradient). Only obs updates the encoder's running statistics."""
+        """Parts of obs for the critic (with gradient when the critic owns the encoder), and
+        features of next obs for the target Q and the next action (without gradient), as the
+        module docstring's table says. Only obs updates the encoder's running statistics."""
         with torch.set_grad_enabled(self.routing != "actor"):  # `actor`: the critic reads
             critic_parts = self.critic_encoder.parts(obs, update_stats=True)  # without gradient
         with torch.no_grad():

@@ -159,7 +159,8 @@ class EpisodeReplay:
         self.capacity = max(1, cfg.buffer_size // T)  # episodes
         self.bytes_per_episode = episode_bytes(spec)
         self.bytes_per_transition = self.bytes_per_episode / T
-        # The plan, checked before anything is allocated (trap 6: lazy allocation).
+        # The plan, checked before anything is allocated: too large an allocation does not
+        # fail at once but when its pages are first touched, possibly hours into a run.
         staging_bytes = spec.n_envs * self.bytes_per_episode
         total = self.capacity * self.bytes_per_episode + staging_bytes
         free = available_memory(self.device)
