@@ -40,6 +40,9 @@ DESIRED_GOAL = "desired_goal"
 # gripper_vel[23:25]. Reach has no object: grip_pos, gripper_state, grip_velp, gripper_vel.
 PROPRIO_INDICES_WITH_OBJECT = np.r_[0:3, 9:11, 20:23, 23:25]
 PROPRIO_INDICES_NO_OBJECT = np.r_[0:3, 3:5, 5:8, 8:10]
+# Within proprioception: the gripper's position, and its velocity times the env's dt (Fetch
+# reports it so), i.e. about the displacement of the step that led to this observation.
+PROPRIO_GRIP_POS, PROPRIO_GRIP_DISPLACEMENT = slice(0, 3), slice(5, 8)
 
 _registered = False
 

@@ -353,6 +353,12 @@ def test_real_env_transitions_and_rewards():
         expected = env_rewards[episode * T : (episode + 1) * T, env]
         np.testing.assert_array_equal(recomputed[slot].numpy(), expected)
     assert (env_rewards == 0).any() and (env_rewards == -1).any()
+    # The replay's own consistency check passes real episodes and finds a spliced one.
+    assert replay.problems() == []
+    proprio = replay.storage[PROPRIOCEPTION]
+    proprio[1, 30:] = proprio[2, : T + 1 - 30]  # episode 1 continues as another from its start
+    (problem,) = replay.problems()
+    assert "episode 1 step 29" in problem
 
 
 def test_slicing_shift_equals_gather_shift():

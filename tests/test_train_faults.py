@@ -1,6 +1,7 @@
 """A run survives its workers and its signals: real processes, no mocks of the vector env."""
 
 import errno
+import json
 import os
 import signal
 import subprocess
@@ -38,20 +39,14 @@ def _kill_worker_when(trainer: Trainer, env_index: int, at_env_step: int) -> thr
 
 
 def assert_only_real_episodes(replay):
-    """Every stored episode is one whole real Fetch episode: 50 steps, starting at the reset
-    pose, and each step's displacement matches the velocity the env reports (within 2.2 cm
-    over 40 random-action episodes; a spliced-in reset jumps back to the start pose, 7 cm
-    away at the median)."""
+    """Every stored episode is one whole real Fetch episode (the replay's own check: each step
+    moved the gripper by the displacement the env reports), 50 steps from the reset pose."""
     n = replay.num_episodes
     assert n > 0
+    assert replay.problems() == []
     assert (replay.storage["lengths"][:n] == 50).all()
-    proprio = replay.storage[PROPRIOCEPTION][:n].numpy()  # (E, 51, 10) for Reach
-    np.testing.assert_allclose(
-        proprio[:, 0, :3], np.tile(REACH_INITIAL_GRIP_POS, (n, 1)), atol=1e-3
-    )
-    displacement = proprio[:, 1:, :3] - proprio[:, :-1, :3]
-    velocity_times_dt = proprio[:, 1:, 5:8]
-    assert np.abs(displacement - velocity_times_dt).max() < 0.04
+    start = replay.storage[PROPRIOCEPTION][:n, 0, :3].numpy()
+    np.testing.assert_allclose(start, np.tile(REACH_INITIAL_GRIP_POS, (n, 1)), atol=1e-3)
 
 
 def test_killed_worker_is_restarted_and_the_run_finishes(tmp_path, capsys):
@@ -169,19 +164,25 @@ def test_sigterm_to_the_whole_process_group_checkpoints_exits_0_and_resumes(tmp_
 
 
 def test_sigkill_of_the_learner_leaves_no_worker_behind(tmp_path):
+    """The kernel kills the workers with their learner (PR_SET_PDEATHSIG, set on a worker's
+    first line): killed here while its workers are still starting up, the slowest moment for
+    a worker to notice on its own, none outlives it, however loaded the machine."""
     cfg = async_vectors(tmp_path, total_steps=100_000, checkpoint_freq=50_000)
     proc = start_train(cfg, capture=False)
     try:
-        assert _wait_for(lambda: list(run_directory(cfg).glob("events.out.*")), 120, proc)
-        workers = [pid for pid in _children(proc.pid) if _alive(pid)]
-        assert len(workers) >= 2
+        assert _wait_for(lambda: len(_live_children(proc.pid)) == 2, 120, proc)
+        workers = _live_children(proc.pid)
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 10  # the kernel acts at once; this only bounds the wait
     while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert not [pid for pid in workers if _alive(pid)]
+
+
+def _live_children(pid: int) -> list[int]:
+    return [child for child in _children(pid) if _alive(child)]
 
 
 @pytest.mark.parametrize("fault, pixels", [("raise", True), ("hang", False)])
@@ -235,3 +236,26 @@ def test_a_really_full_disk_is_an_error_not_a_crash(tmp_path, size):
         assert not list((run_directory(cfg) / "checkpoints").glob(".tmp*"))
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_chaos_soak_kills_freezes_then_sigterm_and_resume_lose_nothing(tmp_path):
+    """benchmarks/soak.py, short: a run whose workers are killed every few seconds and frozen
+    (once shorter than --worker-timeout, once longer), then SIGTERM to its process group, then
+    --resume. Every failure is replaced and counted, nothing half-written is stored."""
+    result = run_script(
+        "benchmarks/soak.py",
+        ["--seconds", "30", "--kill-every", "4", "--freeze-every", "9", "--worker-timeout", "5",
+         "--checkpoint-freq", "500", "--runs-dir", str(tmp_path), "--json"],
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    soak = json.loads(result.stdout.strip().splitlines()[-1])
+    assert soak["kills"] >= 4 and soak["short freezes"] >= 1 and soak["long freezes"] == 1
+    caused = soak["kills"] + soak["long freezes"]  # a short freeze is no failure
+    assert soak["failures reported"] == caused
+    assert soak["restarts in checkpoint"] == caused == soak["restarts in TensorBoard"]
+    assert soak["exit code after SIGTERM"] == 0 and soak["exit code of --resume"] == 0
+    assert soak["env steps"] in (soak["target env steps"], soak["target env steps"] + 1)
+    assert soak["replay problems"] == []
+    # Only partial episodes of failed envs are dropped: at most 49 steps per failure.
+    assert 0 < soak["steps dropped with partial episodes"] <= 49 * caused

@@ -36,7 +36,14 @@ import torch
 from pixelrl.buffers.augment import random_shift
 from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
 from pixelrl.config import ConfigError, ReplayConfig
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+from pixelrl.envs import (
+    ACHIEVED_GOAL,
+    DESIRED_GOAL,
+    PIXELS,
+    PROPRIO_GRIP_DISPLACEMENT,
+    PROPRIO_GRIP_POS,
+    PROPRIOCEPTION,
+)
 from pixelrl.transfer import to_device
 
 # Kept free on top of the buffer: the learner's networks, batches and the OS need room too.
@@ -401,6 +408,34 @@ class EpisodeReplay:
         if self.has_pixels:
             obs[PIXELS] = self.gather_frames(episode, t)[0]
         return obs
+
+    # ------------------------------------------------------------------ consistency
+    def problems(self, max_jump: float = 0.04) -> list[str]:
+        """What is wrong with the stored episodes; an empty list when each is one whole real
+        episode. Checked: lengths within 1..max_episode_steps (stored and staged) and, where
+        proprioception is stored, that every step moved the gripper by about the displacement
+        the env reports for it (Fetch's velocity x dt; within 2.2 cm for random actions): a
+        transition spliced across two episodes jumps to the reset pose, 7 cm away at the
+        median. Reads the whole ring: for tests and benchmarks, not for the training loop."""
+        found = []
+        n, T = self.num_episodes, self.spec.max_episode_steps
+        lengths = self.host_lengths[:n]
+        bad = np.flatnonzero((lengths < 1) | (lengths > T))
+        if len(bad):
+            found.append(f"episodes {bad.tolist()[:10]} have lengths {lengths[bad].tolist()[:10]}")
+        if (self.staged_steps > T).any():
+            found.append(f"staged steps {self.staged_steps.tolist()} exceed {T}")
+        if PROPRIOCEPTION in self.storage and n:
+            proprio = self.storage[PROPRIOCEPTION][:n].cpu().numpy()
+            position = proprio[:, :, PROPRIO_GRIP_POS]
+            moved = position[:, 1:] - position[:, :-1]
+            error = np.abs(moved - proprio[:, 1:, PROPRIO_GRIP_DISPLACEMENT]).max(-1)
+            real = np.arange(T)[None, :] < lengths[:, None]  # steps past an episode's end
+            jumps = np.argwhere((error > max_jump) & real)
+            if len(jumps):
+                where = [f"episode {e} step {t}" for e, t in jumps[:5]]
+                found.append(f"{len(jumps)} transitions jump more than {max_jump} m: {where}")
+        return found
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | os.PathLike) -> None:
