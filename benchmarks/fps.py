@@ -119,7 +119,8 @@ def run_pixelrl(a) -> dict:
         run=RunConfig(
             total_steps=a.learning_starts + a.learn_steps,
             device=a.device,
-            log_interval=5 * a.n_envs,
+            log_interval=5 * a.n_envs,  # the timeline of env steps over time
+            encoder_diagnostics=False,  # a second per log on a CPU: not part of the timing
             checkpoint_freq=10**9,
             save_buffer=False,
             runs_dir=runs,
@@ -244,6 +245,14 @@ def main() -> None:
     p.add_argument("--learn-steps", type=int, default=None)
     p.add_argument("--update-seconds", type=float, default=None)
     p.add_argument("--rounds", type=int, default=None)
+    p.add_argument(
+        "--sb3-learn-steps",
+        type=int,
+        default=None,
+        help="SB3's learning steps (default: --learn-steps); its rate is low and steady, so a "
+        "short slice measures it",
+    )
+    p.add_argument("--sb3-update-seconds", type=float, default=None)
     p.add_argument("--renders", nargs="+", default=["native", "resize"])
     p.add_argument(
         "--variants",
@@ -268,8 +277,16 @@ def main() -> None:
     forwarded = [
         f"--{k.replace('_', '-')}={v}"
         for k, v in vars(a).items()
-        if k not in ("long", "worker", "render", "renders", "rounds", "drq", "variants", "variant")
+        if k
+        not in (
+            *("long", "worker", "render", "renders", "rounds", "drq", "variants", "variant"),
+            *("sb3_learn_steps", "sb3_update_seconds"),
+        )
         and v is not None
+    ]
+    sb3_only = [
+        f"--learn-steps={a.sb3_learn_steps or a.learn_steps}",
+        f"--update-seconds={a.sb3_update_seconds or a.update_seconds}",
     ]
     if a.drq:
         forwarded.append("--drq")
@@ -296,6 +313,7 @@ def main() -> None:
                         f"--worker={impl}",
                         f"--render={render}",
                         f"--variant={variant}",
+                        *(sb3_only if impl == "sb3" else []),
                     ],
                     capture_output=True,
                     text=True,

@@ -1,34 +1,42 @@
 #!/usr/bin/env bash
-# Prepares, on a machine with a network, what a GPU machine without one needs to run
-# benchmarks/cuda_suite.sh: wheels of pixelrl's dependencies missing from a CUDA PyTorch image
-# (Python 3.12, x86_64) in .whl/, and the EGL loader packages in .gl/. Both folders are
-# ignored by git. Then, on the GPU machine, from the repository root:
+# Prepares, on a machine with a network, what the GPU machine (no network; Python 3.12, x86-64,
+# torch 2.11 + CUDA, numpy, tensorboard, pillow, matplotlib in its image) needs for
+# benchmarks/gpu_run.sh: the wheels its image lacks in .whl/, the EGL loader packages in
+# .gl/ (both ignored by git), then checks that the tree and both folders fit the 64 MiB a
+# device call carries. gpu_run.sh installs them there itself.
 #
-#   for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-#   export PYTHONPATH=/tmp/site; benchmarks/cuda_suite.sh OUT --stage bench
-#
-# usage: benchmarks/gpu_wheels.sh [PYTHON_VERSION (default 3.12)]
+#   benchmarks/gpu_wheels.sh            # then: run(command="bash benchmarks/gpu_run.sh",
+#                                       #          carry=[".whl", ".gl"], timeout_s=600)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYVER=${1:-3.12}
-mkdir -p .whl .gl
-# What the image lacks (torch, numpy, tensorboard, pillow, matplotlib, pandas are there).
+PYVER=3.12
+LIMIT_MIB=64
+# What the image lacks, at the versions pixelrl's CPU install resolves to (pyproject ranges):
+# the five packages, then the needs of theirs that the image lacks too (absl-py, etils,
+# numpy, cloudpickle, typing-extensions, imageio, jinja2, packaging, setuptools are there).
 PACKAGES=(
-  "mujoco==3.3.7" "gymnasium==1.2.2" "gymnasium-robotics==1.4.2" "tyro==0.9.35"
-  "stable-baselines3==2.7.1" "farama-notifications==0.0.4" "glfw==2.10.0" "pyopengl==3.1.10"
-  "docstring-parser==0.17.0" "typeguard==4.4.4" "shtab==1.7.2" "cloudpickle==3.1.1"
-  "PettingZoo==1.25.0" "imageio==2.37.0"
+  "mujoco==3.11.0" "gymnasium==1.4.0" "gymnasium-robotics==1.4.2" "tyro==1.0.17"
+  "stable-baselines3==2.9.2"
+  "farama-notifications==0.0.6" "glfw==2.11.0" "pyopengl==3.1.10" "PettingZoo==1.27.0"
+  "docstring-parser==0.18.0" "typeguard==4.6.1"
 )
+rm -rf .whl && mkdir -p .whl .gl
 for pkg in "${PACKAGES[@]}"; do
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$PYVER" \
+  # --isolated: PyPI itself, not a machine's local index or its constraints.
+  python3 -m pip download --isolated -q --no-deps --only-binary=:all: --python-version "$PYVER" \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     --platform manylinux1_x86_64 --platform any -d .whl "$pkg"
 done
-opts='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
-mkdir -p /tmp/amd64/partial
-# shellcheck disable=SC2086
-apt-get $opts update -qq && (cd .gl && apt-get $opts download libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2) \
-  || echo "could not fetch the EGL packages; the GPU machine may have them already" >&2
-du -sh .whl .gl
+if ! ls .gl/*.deb > /dev/null 2>&1; then
+  opts='-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/amd64'
+  mkdir -p /tmp/amd64/partial
+  # shellcheck disable=SC2086
+  apt-get $opts update -qq && (cd .gl && apt-get $opts download libegl1 libglvnd0 libopengl0 libgl1 libglx0 libgles2) \
+    || echo "could not fetch the EGL packages; the GPU machine may have them already" >&2
+fi
+tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -n 1 | cut -f1)
+carry_bytes=$(du -cb .whl .gl | tail -n 1 | cut -f1)
+total_mib=$(( (tree_bytes + carry_bytes) / 1048576 ))
+echo "wheels: $(ls .whl | wc -l) files; tree $(( tree_bytes / 1024 )) KiB + .whl/.gl $(( carry_bytes / 1024 )) KiB = ${total_mib} MiB of ${LIMIT_MIB}"
+[ "$total_mib" -lt "$LIMIT_MIB" ] || { echo "over the ${LIMIT_MIB} MiB a device call carries" >&2; exit 1; }

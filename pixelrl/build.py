@@ -94,6 +94,7 @@ _RESUMABLE_RUN_FIELDS = {
     "resume",
     "progress",
     "log_interval",
+    "encoder_diagnostics",
     "device",
     "checkpoint_freq",
     "save_buffer",

@@ -3,7 +3,8 @@ TensorBoard events.
 
     python -m pixelrl.plot runs/manip/seed0 runs/manip_DrQ/seed0 --out curves.png
 
-Panels, sharing the step axis: rollout/success_rate, train/critic_loss, train/actor_loss. Each
+Panels, sharing the step axis: rollout/success_rate, train/critic_loss, train/actor_loss, and
+with --probe the encoder probe's median error of the achieved goal (cm). Each
 run directory (or any directory holding event files) is one curve, labelled by its path. Runs
 that are seeds of one config (runs/<tag>/seed0, seed1, ...) become one curve: the mean
 across seeds with a band from the lowest to the highest seed, up to the step all of them
@@ -24,6 +25,8 @@ PANELS = (
     ("train/critic_loss", "critic loss"),
     ("train/actor_loss", "actor loss"),
 )
+# --probe: does the encoder know where things are (pixelrl.diagnostics), next to success.
+PROBE_PANEL = ("probe/achieved_goal_median_error_cm", "probe: median error (cm)")
 
 
 def find_runs(paths) -> list[Path]:
@@ -45,7 +48,7 @@ class _ResumePurgeNotice(logging.Filter):
         return "out of order event.step" not in record.getMessage()
 
 
-def read_scalars(run: Path) -> dict[str, tuple[list[int], list[float]]]:
+def read_scalars(run: Path, panels=PANELS) -> dict[str, tuple[list[int], list[float]]]:
     """{tag: (steps, values)} for the plotted tags; the last write of a step wins (resume)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -57,7 +60,7 @@ def read_scalars(run: Path) -> dict[str, tuple[list[int], list[float]]]:
     finally:
         logging.getLogger("tensorboard").removeFilter(notice)
     out = {}
-    for tag, _ in PANELS:
+    for tag, _ in panels:
         if tag in events.Tags()["scalars"]:
             by_step = {e.step: e.value for e in events.Scalars(tag)}
             steps = sorted(by_step)
@@ -95,7 +98,9 @@ def seed_band(curves: list[tuple[list[int], list[float]]]):
     return grid, values.mean(0), values.min(0), values.max(0)
 
 
-def plot(paths, out: str | Path, title: str | None = None) -> Path:
+def plot(paths, out: str | Path, title: str | None = None, probe: bool = False) -> Path:
+    """The figure of the runs under `paths`; `probe` adds a fourth panel, the held-out linear
+    probe's median error of the achieved goal from the image features."""
     try:
         import matplotlib
 
@@ -104,10 +109,11 @@ def plot(paths, out: str | Path, title: str | None = None) -> Path:
     except ImportError as err:
         raise SystemExit("the plot needs matplotlib: pip install -e .[plot]") from err
     groups = group_seeds(find_runs(paths))
-    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    panels = (*PANELS, PROBE_PANEL) if probe else PANELS
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True)
     for label, runs in groups.items():
-        per_run = [read_scalars(run) for run in runs]
-        for ax, (tag, _) in zip(axes, PANELS, strict=True):
+        per_run = [read_scalars(run, panels) for run in runs]
+        for ax, (tag, _) in zip(axes, panels, strict=True):
             curves = [scalars[tag] for scalars in per_run if tag in scalars]
             if not curves:
                 continue
@@ -117,7 +123,7 @@ def plot(paths, out: str | Path, title: str | None = None) -> Path:
             steps, mean, low, high = seed_band(curves)
             (line,) = ax.plot(steps, mean, label=f"{label} ({len(curves)} seeds)", linewidth=1.2)
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
-    for ax, (_, name) in zip(axes, PANELS, strict=True):
+    for ax, (_, name) in zip(axes, panels, strict=True):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-0.02, 1.02)
@@ -137,9 +143,12 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="run directories (or parents of them)")
     parser.add_argument("--out", default="curves.png", help="PNG to write")
     parser.add_argument("--title", default=None)
+    parser.add_argument(
+        "--probe", action="store_true", help="add the encoder probe's median error (cm)"
+    )
     args = parser.parse_args(argv)
     try:
-        path = plot(args.runs, args.out, args.title)
+        path = plot(args.runs, args.out, args.title, probe=args.probe)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

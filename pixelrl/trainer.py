@@ -467,7 +467,7 @@ class Trainer:
         if metrics.count:
             scalars.update(metrics.means())
         metrics.reset(st.env_step)
-        if self.replay.num_episodes > 0:
+        if self.cfg.run.encoder_diagnostics and self.replay.num_episodes > 0:
             sample = self.replay.sample_observations(DIAGNOSTIC_SAMPLES, self.diagnostic_generator)
             scalars.update(self.agent.encoder_diagnostics(sample))
         self.logger.log(scalars, st.env_step)

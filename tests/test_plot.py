@@ -15,6 +15,7 @@ def write_run(path, slope):
         writer.add_scalar("rollout/success_rate", min(1.0, slope * step), step)
         writer.add_scalar("train/critic_loss", 1.0 / (1 + step), step)
         writer.add_scalar("train/actor_loss", -slope * step, step)
+        writer.add_scalar("probe/achieved_goal_median_error_cm", 10 - slope * step, step)
     writer.close()
 
 
@@ -33,6 +34,20 @@ def test_plot_writes_a_png_with_the_curves(tmp_path):
     scalars = read_scalars(tmp_path / "runs" / "a" / "seed0")
     assert scalars["rollout/success_rate"][0][:3] == [0, 100, 200]
     assert scalars["rollout/success_rate"][1][-1] == pytest.approx(0.9)
+
+
+def test_probe_panel_is_a_fourth_panel(tmp_path):
+    write_run(tmp_path / "runs" / "a" / "seed0", 0.001)
+    plain, probed = tmp_path / "plain.png", tmp_path / "probe.png"
+    assert main([str(tmp_path / "runs"), "--out", str(plain)]) == 0
+    assert main([str(tmp_path / "runs"), "--out", str(probed), "--probe"]) == 0
+    from PIL import Image
+
+    assert Image.open(probed).size[1] > Image.open(plain).size[1] * 1.25  # one panel taller
+    from pixelrl.plot import PANELS, PROBE_PANEL
+
+    scalars = read_scalars(tmp_path / "runs" / "a" / "seed0", (*PANELS, PROBE_PANEL))
+    assert scalars[PROBE_PANEL[0]][1][0] == pytest.approx(10.0)
 
 
 def test_plot_reports_a_path_without_events(tmp_path, capsys):
