@@ -61,7 +61,7 @@ _TAG_NAMES = {
     "next_obs_encoder": lambda v: f"next-{v}",
     "keypoint_trunk": lambda v: f"kp-{v}",
     "aux_coef": lambda v: f"aux{v:g}",
-    "state_estimate": lambda v: "estimate" if v else "noEstimate",
+    "state_estimate": lambda v: f"estimate-{v}",
 }
 # Options that do not change what is learned (they are not part of the tag).
 _UNTAGGED = {"vector", "encoder"}

@@ -22,6 +22,7 @@ OBS_MODES = ("pixels", "full-state", "no-pixels")
 GOAL_MODES = ("none", "desired", "both")
 ENCODERS = ("nature", "manip", "drqv2")
 KEYPOINT_TRUNKS = ("running", "layernorm", "linear", "none")
+STATE_ESTIMATES = ("off", "append", "only")
 ENCODER_GRADS = ("critic", "actor", "separate")
 NEXT_OBS_ENCODERS = ("target", "online", "split")
 HER_STRATEGIES = ("future", "final", "episode")
@@ -119,10 +120,12 @@ class NetworkConfig:
     scaled by its running mean and std across the data), layernorm (LayerNorm across the 64
     coordinates of an image + Tanh: the SB3 prototype's), linear (Linear -> LayerNorm -> Tanh:
     DrQ-v2's trunk), none (raw coordinates)."""
-    state_estimate: bool = False
-    """Append the state head's estimate of the achieved goal (normalized units, detached: only
-    the auxiliary loss trains it) to the features the actor and critic read. Needs
-    --aux-coef > 0."""
+    state_estimate: Literal["off", "append", "only"] = "off"
+    """What the actor and critic read of the image: off (the image features), append (the
+    image features and the state head's estimate of the achieved goal, in normalized units),
+    only (the estimate instead of the image features). The estimate is detached where they
+    read it: only the auxiliary loss trains it (with `only`, the image encoder is trained by
+    the auxiliary loss alone). Needs --aux-coef > 0."""
     norm: bool = False
     """nature only: LayerNorm + Tanh trunk on the CNN output (the SB3 prototype's first fix)."""
     features_dim: int | None = None
@@ -147,6 +150,8 @@ class NetworkConfig:
         if self.encoder == "drqv2":
             object.__setattr__(self, "encoder", "manip")
             object.__setattr__(self, "spatial_softmax", False)
+        if isinstance(self.state_estimate, bool):  # written as a switch by early runs
+            object.__setattr__(self, "state_estimate", "append" if self.state_estimate else "off")
 
     @property
     def uses_spatial_softmax(self) -> bool:
@@ -355,8 +360,14 @@ def validate(cfg: TrainConfig) -> None:
             f"--aux-coef {s.aux_coef} regresses the normalized achieved goal; it needs the "
             "goal statistics that --no-normalize-obs turns off"
         )
-    if n.state_estimate and s.aux_coef <= 0:
-        raise ConfigError("--state-estimate reads the state head, which --aux-coef > 0 trains")
+    if n.state_estimate not in STATE_ESTIMATES:
+        raise ConfigError(
+            f"--state-estimate {n.state_estimate!r}: choose one of {_choices(STATE_ESTIMATES)}"
+        )
+    if n.state_estimate != "off" and s.aux_coef <= 0:
+        raise ConfigError(
+            f"--state-estimate {n.state_estimate} reads the state head, which --aux-coef > 0 trains"
+        )
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
     if n.obs_norm_clip <= 0:

@@ -36,7 +36,9 @@ def agent(routing: str, compile: bool, aux: bool) -> SAC:
     torch.manual_seed(0)
     net = NetworkConfig(hidden_sizes=(64, 64))
     if aux:  # keypoints normalized across the data, the state head, its estimate as an input
-        net = NetworkConfig(hidden_sizes=(64, 64), keypoint_trunk="running", state_estimate=True)
+        net = NetworkConfig(
+            hidden_sizes=(64, 64), keypoint_trunk="running", state_estimate="append"
+        )
     return SAC(
         SHAPES,
         list(SHAPES),

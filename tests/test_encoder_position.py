@@ -8,7 +8,7 @@ from test_sac import KEYS, SHAPES, make_agent, random_batch, random_obs
 
 from pixelrl.config import ConfigError, EnvConfig, NetworkConfig, SACConfig, TrainConfig, validate
 from pixelrl.diagnostics import linear_probe, spread_across_batch
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 from pixelrl.nets.encoders import (
     STATE_ESTIMATE,
     ImageEncoder,
@@ -175,7 +175,7 @@ def test_aux_coef_scales_the_encoder_gradient_of_the_critic_step():
 
 def test_state_estimate_joins_the_features_detached():
     agent = make_agent(
-        net=NetworkConfig(keypoint_trunk="running", state_estimate=True), aux_coef=1.0
+        net=NetworkConfig(keypoint_trunk="running", state_estimate="append"), aux_coef=1.0
     )
     encoder = agent.critic_encoder
     assert encoder.features_dim == 64 + 10 + 3 + 3 + 3
@@ -188,6 +188,29 @@ def test_state_estimate_joins_the_features_detached():
     (q1 + q2).sum().backward()
     assert all(p.grad is None for p in encoder.state_head.parameters())
     assert agent.act(random_obs(3, torch.Generator().manual_seed(3))).shape == (3, 4)
+
+
+def test_estimate_only_replaces_the_image_features_and_only_the_aux_loss_trains_the_encoder():
+    agent = make_agent(
+        net=NetworkConfig(keypoint_trunk="running", state_estimate="only"), aux_coef=1.0
+    )
+    encoder = agent.critic_encoder
+    assert encoder.inputs == [PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL, STATE_ESTIMATE]
+    assert encoder.features_dim == 10 + 3 + 3 + 3  # no keypoints
+    obs = agent.normalizer(random_obs(6, torch.Generator().manual_seed(2)))
+    parts = encoder.parts(obs)
+    assert PIXELS in parts  # the aux loss and the diagnostics read them
+    q1, q2 = agent.critic(encoder.join(parts), torch.zeros(6, 4))
+    (q1 + q2).sum().backward()
+    assert all(p.grad is None for p in encoder.image.parameters())
+    metrics = agent.update(random_batch())  # the aux loss trains it
+    assert metrics["aux_loss"] > 0
+    assert encoder.image.net[0].convs[0].weight.grad.abs().sum() > 0
+
+
+def test_early_runs_boolean_state_estimate_reads_as_append():
+    assert NetworkConfig(state_estimate=True).state_estimate == "append"
+    assert NetworkConfig(state_estimate=False).state_estimate == "off"
 
 
 def test_aux_target_is_the_normalized_achieved_goal_even_when_the_networks_do_not_see_it():
@@ -205,7 +228,11 @@ def test_aux_target_is_the_normalized_achieved_goal_even_when_the_networks_do_no
     "change, message",
     [
         (dict(env=EnvConfig(full_state=True), sac=SACConfig(aux_coef=1.0)), "--aux-coef"),
-        (dict(network=NetworkConfig(state_estimate=True)), "--state-estimate"),
+        (dict(network=NetworkConfig(state_estimate="append")), "--state-estimate"),
+        (
+            dict(network=NetworkConfig(state_estimate="instead"), sac=SACConfig(aux_coef=1.0)),
+            "--state-estimate 'instead'",
+        ),
         (
             dict(network=NetworkConfig(normalize_obs=False), sac=SACConfig(aux_coef=1.0)),
             "--no-normalize-obs",

@@ -263,7 +263,7 @@ class SAC(nn.Module):
 
         with self._autocast():
             critic_parts, next_features, next_actor_features = self._encode(obs, next_obs)
-            critic_features = ObservationEncoder.join(critic_parts)
+            critic_features = self.critic_encoder.join(critic_parts)
 
             # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
             with torch.no_grad():
@@ -290,7 +290,7 @@ class SAC(nn.Module):
         # through the actor's own path (and the auxiliary loss joins the actor loss).
         with self._autocast():
             actor_parts = self._actor_parts(obs, critic_parts)
-            pi_action, log_prob = self.actor.sample(ObservationEncoder.join(actor_parts), noise[1])
+            pi_action, log_prob = self.actor.sample(self.actor_encoder.join(actor_parts), noise[1])
             q1_pi, q2_pi = self.critic(critic_features.detach(), pi_action)
             actor_loss = (alpha * log_prob - torch.min(q1_pi, q2_pi)).mean()
             actor_total = actor_loss

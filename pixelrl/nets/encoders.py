@@ -258,9 +258,12 @@ class ObservationEncoder(nn.Module):
         state_head_dim: > 0 adds the state head, an MLP from the image features to an
             estimate of that many numbers (the normalized achieved goal), trained by the
             auxiliary loss in `pixelrl.agents.sac`; 0: no head.
-    With `cfg.state_estimate` and a head, the head's estimate, detached (only the auxiliary
-    loss trains it), is one more part of the features. `features_dim` is known at
-    construction, from a dry forward pass.
+    With a head, `cfg.state_estimate` decides what the features hold of the image: the image
+    features (off), those and the head's estimate (append), or the estimate alone (only). The
+    estimate is detached there: only the auxiliary loss trains it. `parts` always holds the
+    image features (the auxiliary loss and the diagnostics read them); `join` concatenates
+    the parts that are inputs. `features_dim` is known at construction, from a dry forward
+    pass.
     """
 
     def __init__(
@@ -280,15 +283,18 @@ class ObservationEncoder(nn.Module):
             self.image = ImageEncoder(cfg, channels, height)
         self.vector_keys = [k for k in self.keys if k != PIXELS]
         self.state_head: nn.Module | None = None
-        self.estimate_is_input = False
+        self.inputs = list(self.keys)  # the parts `join` concatenates, in order
         if state_head_dim > 0:
             if self.image is None:
                 raise ValueError("the state head reads image features; these keys have none")
             image_dim = self._dry_run(obs_shapes)[PIXELS].shape[-1]
             self.state_head = mlp(image_dim, STATE_HEAD_HIDDEN, state_head_dim)
-            self.estimate_is_input = cfg.state_estimate
+            if cfg.state_estimate != "off":
+                self.inputs.append(STATE_ESTIMATE)
+            if cfg.state_estimate == "only":
+                self.inputs.remove(PIXELS)
         self.sizes = {k: v.shape[-1] for k, v in self._dry_run(obs_shapes).items()}
-        self.features_dim = sum(self.sizes.values())
+        self.features_dim = sum(self.sizes[k] for k in self.inputs)
 
     def _dry_run(self, obs_shapes) -> dict[str, torch.Tensor]:
         with torch.no_grad():
@@ -308,14 +314,13 @@ class ObservationEncoder(nn.Module):
                 out[key] = self.image(obs[key], update_stats)
             else:
                 out[key] = obs[key].float().flatten(1)
-        if self.estimate_is_input:
+        if STATE_ESTIMATE in self.inputs:
             out[STATE_ESTIMATE] = self.state_head(out[PIXELS]).detach()
         return out
 
-    @staticmethod
-    def join(parts: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The parts side by side: (B, features_dim)."""
-        return torch.cat(list(parts.values()), dim=-1)
+    def join(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The parts the heads read, side by side: (B, features_dim)."""
+        return torch.cat([parts[key] for key in self.inputs], dim=-1)
 
     def forward(self, obs: dict[str, torch.Tensor], update_stats: bool = False) -> torch.Tensor:
         return self.join(self.parts(obs, update_stats))
