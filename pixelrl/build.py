@@ -60,6 +60,7 @@ _TAG_NAMES = {
     "clip_q_target": lambda v: "clipQ" if v else "noClipQ",
     "next_obs_encoder": lambda v: f"next-{v}",
     "keypoint_trunk": lambda v: f"kp-{v}",
+    "spatial_softmax_temperature": lambda v: f"T{v:g}",
     "aux_coef": lambda v: f"aux{v:g}",
     "state_estimate": lambda v: f"estimate-{v}",
 }

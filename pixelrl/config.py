@@ -114,6 +114,9 @@ class NetworkConfig:
     that)."""
     spatial_softmax: bool = True
     """manip only: --no-spatial-softmax replaces SpatialSoftmax by flatten + linear (= drqv2)."""
+    spatial_softmax_temperature: float = 1.0
+    """Initial temperature of SpatialSoftmax (learned from there, as its log). Below 1 the
+    attention is sharper from the start, so keypoints move with what they track sooner."""
     keypoint_trunk: Literal["running", "layernorm", "linear", "none"] = "layernorm"
     """What the SpatialSoftmax keypoints pass through before the heads (manip with SpatialSoftmax
     only; the other encoders have their own trunk, see --encoder): running (each coordinate
@@ -344,6 +347,10 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--drq-pad {r.drq_pad}: must be >= 0")
     if n.encoder not in ENCODERS:
         raise ConfigError(f"--encoder {n.encoder!r}: choose one of {_choices(ENCODERS)}")
+    if n.spatial_softmax_temperature <= 0:
+        raise ConfigError(
+            f"--spatial-softmax-temperature {n.spatial_softmax_temperature}: must be > 0"
+        )
     if n.keypoint_trunk not in KEYPOINT_TRUNKS:
         raise ConfigError(
             f"--keypoint-trunk {n.keypoint_trunk!r}: choose one of {_choices(KEYPOINT_TRUNKS)}"

@@ -109,6 +109,11 @@ def test_the_update_alone_moves_the_statistics_and_the_target_encoder_reads_them
     )
 
 
+def test_initial_temperature_is_a_flag():
+    enc = ImageEncoder(NetworkConfig(spatial_softmax_temperature=0.1), 12, 84)
+    assert enc.spatial_softmax.temperature.item() == pytest.approx(0.1)
+
+
 def test_temperature_saved_before_it_was_learned_as_a_log_still_loads():
     ss = SpatialSoftmax(21, 21)
     ss.load_state_dict({"temperature": torch.tensor([2.0]), "pos_x": ss.pos_x, "pos_y": ss.pos_y})
@@ -238,6 +243,7 @@ def test_aux_target_is_the_normalized_achieved_goal_even_when_the_networks_do_no
             "--no-normalize-obs",
         ),
         (dict(sac=SACConfig(aux_coef=-1.0)), "--aux-coef"),
+        (dict(network=NetworkConfig(spatial_softmax_temperature=0.0)), "--spatial-softmax-temp"),
         (dict(network=NetworkConfig(keypoint_trunk="batchnorm")), "--keypoint-trunk"),
     ],
 )

@@ -213,7 +213,7 @@ class ImageEncoder(nn.Module):
             with torch.no_grad():
                 _, c, h, w = cnn(torch.zeros(1, in_channels, image_size, image_size)).shape
             if cfg.uses_spatial_softmax:
-                self.spatial_softmax = SpatialSoftmax(h, w)
+                self.spatial_softmax = SpatialSoftmax(h, w, cfg.spatial_softmax_temperature)
                 trunk = _keypoint_trunk(cfg.keypoint_trunk, 2 * c, cfg.features_dim)
                 self.net = nn.Sequential(cnn, self.spatial_softmax, trunk)
             else:
