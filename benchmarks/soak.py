@@ -166,7 +166,7 @@ def soak(a) -> dict:
     cfg = load_config(final_meta)
     replay = build_replay(cfg, describe_env(cfg.env)[0], "cpu")
     replay.load(final_path / "replay")
-    stored = int(replay.host_lengths[: replay.num_episodes].sum())
+    committed = replay.transitions_committed  # the ring may have overwritten some since
     staged = int(replay.staged_steps.sum())
     env_steps = final_state["counters"]["env_step"]
     return {
@@ -182,9 +182,9 @@ def soak(a) -> dict:
         "env steps": env_steps,
         "target env steps": stopped_at + a.resume_steps,
         "episodes committed": replay.episodes_committed,
-        "transitions stored": stored,
+        "transitions committed": committed,
         "steps staged": staged,
-        "steps dropped with partial episodes": env_steps - stored - staged,
+        "steps dropped with partial episodes": env_steps - committed - staged,
         "replay problems": replay.problems(),
         "run dir": str(run_dir),
     }

@@ -90,6 +90,7 @@ def test_ring_overwrites_oldest_episode_first():
     assert replay.capacity == 3
     fill(replay, [0, 1, 2, 3, 4], [10] * 5)
     assert replay.num_episodes == 3 and replay.episodes_committed == 5
+    assert replay.transitions_committed == 50 and replay.num_transitions == 30
     # Slots 0, 1 were overwritten by episodes 3, 4; slot 2 still holds episode 2.
     stored = replay.storage[PROPRIOCEPTION][:, 0, 0].tolist()
     assert stored == [3.0, 4.0, 2.0]
@@ -272,11 +273,8 @@ def test_save_load_round_trip_is_exact(tmp_path):
     for name in ("storage", "staging"):
         for key, tensor in getattr(replay, name).items():
             assert torch.equal(tensor, getattr(restored, name)[key]), (name, key)
-    assert (restored.next_slot, restored.num_episodes, restored.episodes_committed) == (
-        replay.next_slot,
-        replay.num_episodes,
-        replay.episodes_committed,
-    )
+    counts = ("next_slot", "num_episodes", "episodes_committed", "transitions_committed")
+    assert [getattr(restored, c) for c in counts] == [getattr(replay, c) for c in counts]
     np.testing.assert_array_equal(restored.staged_steps, replay.staged_steps)
     a, b = replay.sample(64), restored.sample(64)  # the same RNG stream continues
     for key in a.obs:

@@ -259,3 +259,4 @@ def test_chaos_soak_kills_freezes_then_sigterm_and_resume_lose_nothing(tmp_path)
     assert soak["replay problems"] == []
     # Only partial episodes of failed envs are dropped: at most 49 steps per failure.
     assert 0 < soak["steps dropped with partial episodes"] <= 49 * caused
+    assert soak["transitions committed"] + soak["steps staged"] <= soak["env steps"]

@@ -197,6 +197,7 @@ class EpisodeReplay:
         self.next_slot = 0  # ring position of the next committed episode
         self.num_episodes = 0  # episodes stored (<= capacity)
         self.episodes_committed = 0  # ever committed
+        self.transitions_committed = 0  # ever committed (overwritten ones included)
         # Episode lengths are kept on the host too, so that sampling never reads the device.
         self.host_lengths = np.zeros(self.capacity, dtype=np.int64)
         self.num_transitions = 0  # transitions stored (host)
@@ -305,6 +306,7 @@ class EpisodeReplay:
 
     def _commit(self, envs: np.ndarray, terminated: np.ndarray) -> None:
         self.episodes_committed += len(envs)
+        self.transitions_committed += int(self.staged_steps[envs].sum())
         if len(envs) > self.capacity:  # more episodes end at once than the ring holds
             envs, terminated = envs[-self.capacity :], terminated[-self.capacity :]
         n = len(envs)
@@ -458,6 +460,7 @@ class EpisodeReplay:
             "num_episodes": n,
             "next_slot": self.next_slot,
             "episodes_committed": self.episodes_committed,
+            "transitions_committed": self.transitions_committed,
             "staged_steps": self.staged_steps.tolist(),
             "obs_shapes": {k: list(v) for k, v in self.spec.obs_shapes.items()},
             "max_episode_steps": self.spec.max_episode_steps,
@@ -491,5 +494,7 @@ class EpisodeReplay:
         self.staged_steps = np.asarray(meta["staged_steps"], dtype=np.int64)
         self.host_lengths = self.storage["lengths"].cpu().numpy().copy()
         self.num_transitions = int(self.host_lengths[: self.num_episodes].sum())
+        # Saved before the count existed: the stored ones are the least that were committed.
+        self.transitions_committed = meta.get("transitions_committed", self.num_transitions)
         self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
         self.generator.set_state(torch.load(path / "generator.pt"))
