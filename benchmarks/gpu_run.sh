@@ -111,14 +111,15 @@ if [ "$SMOKE" = 1 ]; then
   UPDATE_ARGS=(--seconds 2 --batch-size 32)
   FPS_ARGS=(--batch-size 32 --learning-starts 200 --learn-steps 40 --update-seconds 2
             --buffer-size 5000 --sb3-learn-steps 40 --sb3-update-seconds 2)
-  PUSH_ARGS=(--buffer-size 5000 --batch-size 32 --learning-starts 200 --checkpoint-freq 200
-             --image-size 48)
+  PUSH_ARGS=(--total-steps 600 --buffer-size 5000 --batch-size 32 --learning-starts 200
+             --checkpoint-freq 200 --log-interval 100 --image-size 48)
   EVAL_EPISODES=2
 else
   UPDATE_ARGS=(--seconds 8 --batch-size 256 --sb3-seconds 6)
   FPS_ARGS=(--batch-size 256 --learning-starts 2000 --learn-steps 4000 --update-seconds 10
             --buffer-size 50000 --sb3-learn-steps 200 --sb3-update-seconds 8)
-  PUSH_ARGS=(--checkpoint-freq 25000 --buffer-size 1000000 --no-save-buffer --log-interval 5000)
+  PUSH_ARGS=(--total-steps 5000000 --checkpoint-freq 25000 --buffer-size 1000000
+             --no-save-buffer --log-interval 5000)
   EVAL_EPISODES=50
 fi
 facts() {
@@ -153,24 +154,26 @@ PUSH_CAP=$(( START + SETUP + FACTS + UPDATE + FPS + PUSH - $(date +%s) ))  # wha
 [ "$SMOKE" = 0 ] || PUSH_CAP=$PUSH  # a rehearsal needs a few checkpoints, not the time left
 stage push "$PUSH_CAP" "$PY" "$REPO/train.py" --env-id FetchPush-v4 --goal-mode desired \
   --n-envs "$N_ENVS" --gradient-steps "$GRAD_STEPS" --device "$DEVICE" --runs-dir "$RUNS" \
-  --total-steps 5000000 --no-progress "${PUSH_ARGS[@]}"
-wrapup() {
+  --no-progress "${PUSH_ARGS[@]}"
+wrapup() {  # the curve and the logs first (cheap), then evaluations, newest checkpoint first
   RUN_DIR=$(ls -d "$RUNS"/*/seed0 2> /dev/null | head -n 1)
   [ -n "$RUN_DIR" ] || { echo "no run directory"; return 1; }
-  echo "| checkpoint | env steps | eval success ($EVAL_EPISODES episodes) | mean return |"
-  echo "|---|---|---|---|"
-  for ckpt in "$RUN_DIR"/checkpoints/step_*; do
+  cp "$RUN_DIR/config.json" "$LOGS/push_config.json"; cp "$RUN_DIR"/events.out.* "$LOGS/" 2> /dev/null
+  "$PY" -m pixelrl.plot "$RUN_DIR" --probe --out "$OUT/push_curves.png" --title "pixel FetchPush-v4 (puck from pixels), $DEVICE" > /dev/null
+  for ckpt in $(ls -d "$RUN_DIR"/checkpoints/step_* | sort -r); do
     "$PY" "$REPO/eval.py" --checkpoint "$ckpt" --episodes "$EVAL_EPISODES" --device "$DEVICE" > /dev/null 2>&1 || continue
     "$PY" -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"| {sys.argv[2]} | {r['checkpoint_step']:,} | {r['success_rate']:.0%} | {r['mean_return']:.1f} |\")" \
       "$ckpt/eval.json" "$(basename "$ckpt")"
   done
-  "$PY" -m pixelrl.plot "$RUN_DIR" --probe --out "$OUT/push_curves.png" --title "pixel FetchPush-v4 (puck from pixels), $DEVICE" > /dev/null
-  cp "$RUN_DIR/config.json" "$LOGS/push_config.json"; cp "$RUN_DIR"/events.out.* "$LOGS/" 2> /dev/null
   return 0
 }
 stage wrapup "$WRAPUP" bash -c "$(declare -f wrapup); RUNS='$RUNS' REPO='$REPO' PY='$PY' DEVICE=$DEVICE EVAL_EPISODES=$EVAL_EPISODES OUT='$OUT' LOGS='$LOGS' wrapup"
 {
-  grep '^|' "$LOGS/wrapup.log" > "$OUT/push.md"
+  {
+    echo "| checkpoint | env steps | eval success ($EVAL_EPISODES episodes) | mean return |"
+    echo "|---|---|---|---|"
+    grep '^| step_' "$LOGS/wrapup.log" | sort
+  } > "$OUT/push.md"
   echo "## pixel FetchPush, puck from pixels (push.log's last lines, evaluations)"; echo
   echo '```'; grep -v '^\s*$' "$LOGS/push.log" | tail -n 4; echo '```'; echo
   cat "$OUT/push.md"; echo

@@ -111,8 +111,10 @@ def plot(paths, out: str | Path, title: str | None = None, probe: bool = False) 
     groups = group_seeds(find_runs(paths))
     panels = (*PANELS, PROBE_PANEL) if probe else PANELS
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True)
+    drawn = 0
     for label, runs in groups.items():
         per_run = [read_scalars(run, panels) for run in runs]
+        drawn += sum(len(scalars) for scalars in per_run)
         for ax, (tag, _) in zip(axes, panels, strict=True):
             curves = [scalars[tag] for scalars in per_run if tag in scalars]
             if not curves:
@@ -123,6 +125,12 @@ def plot(paths, out: str | Path, title: str | None = None, probe: bool = False) 
             steps, mean, low, high = seed_band(curves)
             (line,) = ax.plot(steps, mean, label=f"{label} ({len(curves)} seeds)", linewidth=1.2)
             ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    if not drawn:
+        plt.close(fig)
+        raise FileNotFoundError(
+            f"{', '.join(map(str, paths))}: the event files hold none of "
+            f"{', '.join(tag for tag, _ in panels)} (a run shorter than --log-interval?)"
+        )
     for ax, (_, name) in zip(axes, panels, strict=True):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)

@@ -50,6 +50,14 @@ def test_probe_panel_is_a_fourth_panel(tmp_path):
     assert scalars[PROBE_PANEL[0]][1][0] == pytest.approx(10.0)
 
 
+def test_plot_reports_runs_without_the_plotted_scalars(tmp_path, capsys):
+    writer = SummaryWriter(str(tmp_path / "run"))
+    writer.add_scalar("time/fps", 1.0, 0)
+    writer.close()
+    assert main([str(tmp_path / "run"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "hold none of rollout/success_rate" in capsys.readouterr().err
+
+
 def test_plot_reports_a_path_without_events(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
     assert "no TensorBoard event files" in capsys.readouterr().err
