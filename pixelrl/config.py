@@ -117,18 +117,19 @@ class NetworkConfig:
     spatial_softmax_temperature: float = 1.0
     """Initial temperature of SpatialSoftmax (learned from there, as its log). Below 1 the
     attention is sharper from the start, so keypoints move with what they track sooner."""
-    keypoint_trunk: Literal["running", "layernorm", "linear", "none"] = "layernorm"
-    """What the SpatialSoftmax keypoints pass through before the heads (manip with SpatialSoftmax
-    only; the other encoders have their own trunk, see --encoder): running (each coordinate
-    scaled by its running mean and std across the data), layernorm (LayerNorm across the 64
-    coordinates of an image + Tanh: the SB3 prototype's), linear (Linear -> LayerNorm -> Tanh:
-    DrQ-v2's trunk), none (raw coordinates)."""
-    state_estimate: Literal["off", "append", "only"] = "off"
-    """What the actor and critic read of the image: off (the image features), append (the
-    image features and the state head's estimate of the achieved goal, in normalized units),
-    only (the estimate instead of the image features). The estimate is detached where they
-    read it: only the auxiliary loss trains it (with `only`, the image encoder is trained by
-    the auxiliary loss alone). Needs --aux-coef > 0."""
+    keypoint_trunk: Literal["running", "layernorm", "linear", "none"] = "running"
+    """What the SpatialSoftmax keypoints pass through (manip with SpatialSoftmax only; the
+    other encoders have their own trunk, see --encoder): running (each coordinate scaled by its
+    running mean and std across the data; measured best, benchmarks/learning.md), layernorm
+    (LayerNorm across the 64 coordinates of an image + Tanh: the SB3 prototype's), linear
+    (Linear -> LayerNorm -> Tanh: DrQ-v2's trunk), none (raw coordinates)."""
+    state_estimate: Literal["off", "append", "only"] = "only"
+    """What the actor and critic read of the image (pixels only): off (the image features),
+    append (the image features and the state head's estimate of the achieved goal, in
+    normalized units), only (the estimate instead of the image features; measured best,
+    benchmarks/learning.md). The estimate is detached where they read it: only the auxiliary
+    loss trains it (with `only`, the image encoder learns from the auxiliary loss alone).
+    Needs --aux-coef > 0."""
     norm: bool = False
     """nature only: LayerNorm + Tanh trunk on the CNN output (the SB3 prototype's first fix)."""
     features_dim: int | None = None
@@ -187,16 +188,19 @@ class SACConfig:
     [-1/(1-gamma), 0] for Fetch's sparse rewards (OpenAI baselines' HER clips the same way).
     Not exact for SAC: the entropy bonus can lift a soft value above 0 (see
     benchmarks/learning.md); off by default. Dense rewards: only the upper bound 0 applies."""
-    aux_coef: float = 0.0
-    """Weight of the auxiliary loss (0: off): the state head regresses the normalized achieved
-    goal (the gripper in Reach, the object in Push), which the replay stores for HER, from the
-    image features; it trains the encoder through the optimizer that owns it. Privileged
-    information at training time only: acting never reads the achieved goal. Pixels only."""
-    next_obs_encoder: Literal["target", "online", "split"] = "target"
-    """Which encoder reads the next observation: target (the Polyak-averaged copy, for both the
-    target Q and the next action), online (the trained encoder, no gradient, for both: DrQ-v2),
-    split (target for the target Q, online for the next action: SB3). With --encoder-grad
-    separate the next action reads the actor's own encoder in all three."""
+    aux_coef: float = 1.0
+    """Weight of the auxiliary loss (pixels only; 0: off): the state head regresses the
+    normalized achieved goal (the gripper in Reach, the object in Push), which the replay
+    stores for HER, from the image features; it trains the encoder through the optimizer that
+    owns it. Privileged information at training time only: acting never reads the achieved
+    goal. Without pixels there is no image, and no auxiliary loss."""
+    next_obs_encoder: Literal["target", "online", "split"] = "online"
+    """Which encoder reads the next observation: online (the trained encoder, no gradient, for
+    both the target Q and the next action: DrQ-v2; measured best from pixels,
+    benchmarks/learning.md), target (the Polyak-averaged copy, for both: it lags the online
+    encoder, and its features of the same image differ), split (target for the target Q,
+    online for the next action: SB3). With --encoder-grad separate the next action reads the
+    actor's own encoder in all three."""
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1
@@ -357,24 +361,22 @@ def validate(cfg: TrainConfig) -> None:
         )
     if s.aux_coef < 0:
         raise ConfigError(f"--aux-coef {s.aux_coef}: must be >= 0")
-    if s.aux_coef > 0 and cfg.env.obs_mode != "pixels":
-        raise ConfigError(
-            f"--aux-coef {s.aux_coef} trains the image encoder; --{cfg.env.obs_mode} has no "
-            "image (use --aux-coef 0)"
-        )
-    if s.aux_coef > 0 and not n.normalize_obs:
-        raise ConfigError(
-            f"--aux-coef {s.aux_coef} regresses the normalized achieved goal; it needs the "
-            "goal statistics that --no-normalize-obs turns off"
-        )
     if n.state_estimate not in STATE_ESTIMATES:
         raise ConfigError(
             f"--state-estimate {n.state_estimate!r}: choose one of {_choices(STATE_ESTIMATES)}"
         )
-    if n.state_estimate != "off" and s.aux_coef <= 0:
-        raise ConfigError(
-            f"--state-estimate {n.state_estimate} reads the state head, which --aux-coef > 0 trains"
-        )
+    if cfg.env.obs_mode == "pixels":  # without an image, neither applies
+        if s.aux_coef > 0 and not n.normalize_obs:
+            raise ConfigError(
+                f"--aux-coef {s.aux_coef:g} (the default is 1) regresses the normalized "
+                "achieved goal, which --no-normalize-obs turns off; for raw vectors also pass "
+                "--aux-coef 0 --state-estimate off"
+            )
+        if n.state_estimate != "off" and s.aux_coef <= 0:
+            raise ConfigError(
+                f"--state-estimate {n.state_estimate} (the default is only) reads the state "
+                "head, which --aux-coef > 0 trains; with --aux-coef 0 pass --state-estimate off"
+            )
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
     if n.obs_norm_clip <= 0:
@@ -436,11 +438,23 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# Fields added after runs were saved without them, with the value that gives those runs'
+# behaviour back (the default, where it differs, is the measured recipe).
+ADDED_LATER = {
+    "NetworkConfig": {"keypoint_trunk": "layernorm", "state_estimate": "off"},
+    "SACConfig": {"aux_coef": 0.0},
+}
+
+
 def from_dict(cls, data: dict):
-    """Rebuild a (nested) config dataclass from `to_dict` output."""
+    """Rebuild a (nested) config dataclass from `to_dict` output; a field the data lacks
+    takes the value of ADDED_LATER (what a run saved before it existed did), else its
+    default."""
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
+            if f.name in ADDED_LATER.get(cls.__name__, {}):
+                kwargs[f.name] = ADDED_LATER[cls.__name__][f.name]
             continue
         value = data[f.name]
         factory = f.default_factory

@@ -32,36 +32,39 @@ def small_batch(seed: int, b: int = 8) -> Batch:
     return Batch(obs(), action, reward, obs(), torch.zeros(b))
 
 
-def agent(routing: str, compile: bool, aux: bool) -> SAC:
+def agent(routing: str, compile: bool, recipe: bool) -> SAC:
+    """recipe: pixelrl's defaults (keypoints normalized across the data, the auxiliary loss,
+    the heads reading the state estimate); else the image features as the heads' input with
+    the LayerNorm trunk and no auxiliary loss, where every routing's gradient reaches the
+    encoder through the RL losses."""
     torch.manual_seed(0)
     net = NetworkConfig(hidden_sizes=(64, 64))
-    if aux:  # keypoints normalized across the data, the state head, its estimate as an input
-        net = NetworkConfig(
-            hidden_sizes=(64, 64), keypoint_trunk="running", state_estimate="append"
-        )
+    sac = dict(encoder_grad=routing, ent_coef="auto", learning_rate=LEARNING_RATE)
+    if not recipe:
+        net = NetworkConfig(hidden_sizes=(64, 64), keypoint_trunk="layernorm", state_estimate="off")
+        sac["aux_coef"] = 0.0
     return SAC(
         SHAPES,
         list(SHAPES),
         [-1.0] * 4,
         [1.0] * 4,
         net,
-        SACConfig(
-            encoder_grad=routing,
-            ent_coef="auto",
-            learning_rate=LEARNING_RATE,
-            aux_coef=1.0 if aux else 0.0,
-        ),
+        SACConfig(**sac),
         reward_range=(-1.0, 0.0),
         compile=compile,
     )
 
 
 @pytest.mark.parametrize(
-    "routing, aux",
-    [("critic", False), ("actor", False), ("separate", False), ("separate", True)],
+    "routing, recipe",
+    [("critic", False), ("actor", False), ("separate", False), ("critic", True)],
 )
-def test_compiled_update_matches_eager(routing, aux):
-    eager, compiled = agent(routing, False, aux), agent(routing, True, aux)
+def test_compiled_update_matches_eager(routing, recipe):
+    eager, compiled = agent(routing, False, recipe), agent(routing, True, recipe)
+    # The running keypoint normalization divides by stds down to 1e-3: float rounding that
+    # differs between compiled and eager kernels grows by up to that factor (observed: 1e-4
+    # relative in the losses).
+    rtol, atol = (1e-3, 1e-4) if recipe else (1e-4, 1e-5)
     for step in range(STEPS):
         torch.manual_seed(step)  # the same policy noise for both
         expected = eager.update(small_batch(step))
@@ -69,7 +72,7 @@ def test_compiled_update_matches_eager(routing, aux):
         got = compiled.update(small_batch(step))
         assert set(got) == set(expected)
         for key in expected:  # losses agree to float rounding (observed: 4e-6)
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
+            torch.testing.assert_close(got[key], expected[key], rtol=rtol, atol=atol, msg=key)
     # Parameters: Adam moves each by about the learning rate per step whatever the gradient's
     # size, so a near-zero gradient whose sign flips under a different summation order can
     # differ by up to 2 lr per step; nearly all others agree to rounding (observed: 0.01%

@@ -232,16 +232,12 @@ def test_aux_target_is_the_normalized_achieved_goal_even_when_the_networks_do_no
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(env=EnvConfig(full_state=True), sac=SACConfig(aux_coef=1.0)), "--aux-coef"),
-        (dict(network=NetworkConfig(state_estimate="append")), "--state-estimate"),
+        (dict(sac=SACConfig(aux_coef=0.0)), "with --aux-coef 0 pass --state-estimate off"),
         (
             dict(network=NetworkConfig(state_estimate="instead"), sac=SACConfig(aux_coef=1.0)),
             "--state-estimate 'instead'",
         ),
-        (
-            dict(network=NetworkConfig(normalize_obs=False), sac=SACConfig(aux_coef=1.0)),
-            "--no-normalize-obs",
-        ),
+        (dict(network=NetworkConfig(normalize_obs=False)), "--no-normalize-obs"),
         (dict(sac=SACConfig(aux_coef=-1.0)), "--aux-coef"),
         (dict(network=NetworkConfig(spatial_softmax_temperature=0.0)), "--spatial-softmax-temp"),
         (dict(network=NetworkConfig(keypoint_trunk="batchnorm")), "--keypoint-trunk"),
@@ -252,9 +248,44 @@ def test_bad_encoder_flags_name_the_flag(change, message):
         validate(TrainConfig(**change))
 
 
+def test_the_recipe_is_the_default_and_the_sb3_prototypes_architecture_one_command():
+    from pixelrl.build import config_tag
+
+    recipe = TrainConfig()
+    assert (recipe.network.keypoint_trunk, recipe.network.state_estimate) == ("running", "only")
+    assert (recipe.sac.aux_coef, recipe.sac.next_obs_encoder) == (1.0, "online")
+    validate(recipe)
+    validate(TrainConfig(env=EnvConfig(full_state=True)))  # no image: the recipe's parts idle
+    prototype = TrainConfig(
+        network=NetworkConfig(keypoint_trunk="layernorm", state_estimate="off"),
+        sac=SACConfig(aux_coef=0.0, next_obs_encoder="target"),
+    )
+    validate(prototype)
+    assert config_tag(prototype) == "manip_kp-layernorm_estimate-off_aux0_next-target"
+    torch.manual_seed(0)
+    from pixelrl.agents.sac import SAC
+
+    agent = SAC(SHAPES, KEYS, [-1.0] * 4, [1.0] * 4, prototype.network, prototype.sac)
+    assert agent.critic_encoder.state_head is None
+    assert agent.critic_encoder.features_dim == 64 + 10 + 3 + 3  # the prototype's 80 features
+
+
+def test_a_run_saved_before_the_recipe_reads_back_as_it_ran():
+    from pixelrl.config import from_dict, to_dict
+
+    saved = to_dict(TrainConfig())
+    for section, key in (("network", "keypoint_trunk"), ("network", "state_estimate")):
+        del saved[section][key]
+    del saved["sac"]["aux_coef"]
+    old = from_dict(TrainConfig, saved)
+    assert (old.network.keypoint_trunk, old.network.state_estimate) == ("layernorm", "off")
+    assert old.sac.aux_coef == 0.0
+
+
 # ---------------------------------------------------------------- the diagnostics
 def test_identical_images_have_no_spread_across_the_batch():
-    encoder = ObservationEncoder(NetworkConfig(), SHAPES, KEYS)
+    # The LayerNorm trunk: where `features.std()` read the old `encoder/pixels_std`.
+    encoder = ObservationEncoder(NetworkConfig(keypoint_trunk="layernorm"), SHAPES, KEYS)
     one = torch.randint(0, 256, (1, *SHAPES[PIXELS]), dtype=torch.uint8)
     with torch.no_grad():
         same = encoder.image(one.expand(32, -1, -1, -1).contiguous())

@@ -131,11 +131,12 @@ def test_next_obs_is_normalized_with_the_same_statistics():
     batch = random_batch(b=16, seed=7)
     agent.update(batch)
     seen = []
-    _record_encoder_inputs(agent.target_encoder, seen)
+    _record_encoder_inputs(agent.critic_encoder, seen)  # reads next obs (online, the default)
     agent.update(batch)
     expected = agent.normalizer(batch.next_obs)  # statistics after that update
+    assert len(seen) == 2  # obs, then next obs
     for key in (PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL):
-        assert torch.equal(seen[0][key], expected[key]), key
+        assert torch.equal(seen[1][key], expected[key]), key
 
 
 def test_normalizer_statistics_travel_with_the_agent_state():

@@ -53,13 +53,17 @@ def make_agent(
     reward_range=(-1.0, 0.0),
     **sac,
 ) -> SAC:
+    """An agent whose heads read the image features and whose encoder only the RL losses
+    train (no auxiliary loss, no state estimate), so that these tests see SAC's own gradient
+    routing; the auxiliary loss and the estimate have their tests in test_encoder_position."""
     torch.manual_seed(seed)
+    sac = {"aux_coef": 0.0, **sac}
     return SAC(
         SHAPES,
         KEYS,
         LOW,
         HIGH,
-        net or NetworkConfig(encoder=encoder),
+        net or NetworkConfig(encoder=encoder, state_estimate="off"),
         SACConfig(encoder_grad=routing, ent_coef=ent_coef, **sac),
         reward_range=reward_range,
     )
@@ -190,7 +194,7 @@ def test_optimizer_membership(routing):
     actor_ids = optimizer_param_ids(agent.actor_optimizer)
     critic_enc = {id(p) for p in encoder_params(agent, "critic")}
     actor_enc = {id(p) for p in encoder_params(agent, "actor")}
-    assert len(critic_enc) == 11  # 4 convs x 2 + log temperature + LayerNorm x 2
+    assert len(critic_enc) == 9  # 4 convs x 2 + log temperature (the running trunk has none)
     if routing == "critic":
         assert critic_enc <= critic_ids and not (critic_enc & actor_ids)
     elif routing == "actor":

@@ -112,10 +112,11 @@ class SAC(nn.Module):
             return_bounds(reward_range, cfg.gamma) if cfg.clip_q_target else (-math.inf, math.inf)
         )
 
-        # The auxiliary loss needs an image to read and the achieved goal as its target.
-        self.aux = cfg.aux_coef > 0
-        if self.aux and (PIXELS not in keys or not net_cfg.normalize_obs):
-            raise ValueError("--aux-coef > 0 needs pixels among the keys and normalized goals")
+        # The auxiliary loss needs an image to read (without one it does not apply) and the
+        # normalized achieved goal as its target.
+        self.aux = cfg.aux_coef > 0 and PIXELS in keys
+        if self.aux and not net_cfg.normalize_obs:
+            raise ValueError("--aux-coef > 0 regresses the normalized achieved goal")
         state_head_dim = obs_shapes[ACHIEVED_GOAL][-1] if self.aux else 0
 
         # Inputs: vectors normalized with running statistics (buffers, saved with the weights).
