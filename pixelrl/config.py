@@ -284,6 +284,11 @@ def _choices(values) -> str:
     return ", ".join(str(v) for v in values)
 
 
+def _require_choice(flag: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigError(f"{flag} {value!r}: choose one of {_choices(choices)}")
+
+
 def validate_env_config(cfg: EnvConfig) -> None:
     """Raise ConfigError naming the flag for an env setting that cannot run."""
     if cfg.env_id not in FETCH_ENV_IDS:
@@ -292,8 +297,7 @@ def validate_env_config(cfg: EnvConfig) -> None:
         )
     if cfg.full_state and cfg.no_pixels:
         raise ConfigError("--full-state and --no-pixels exclude each other; pass at most one")
-    if cfg.goal_mode not in GOAL_MODES:
-        raise ConfigError(f"--goal-mode {cfg.goal_mode!r}: choose one of {_choices(GOAL_MODES)}")
+    _require_choice("--goal-mode", cfg.goal_mode, GOAL_MODES)
     if cfg.image_size < MIN_IMAGE_SIZE:
         raise ConfigError(f"--image-size {cfg.image_size}: must be >= {MIN_IMAGE_SIZE}")
     if not cfg.native_render and cfg.render_size < cfg.image_size:
@@ -309,8 +313,7 @@ def validate_env_config(cfg: EnvConfig) -> None:
         raise ConfigError(f"--frame-stack {cfg.frame_stack}: must be >= 1")
     if cfg.n_envs < 1:
         raise ConfigError(f"--n-envs {cfg.n_envs}: must be >= 1")
-    if cfg.vector not in ("async", "sync"):
-        raise ConfigError(f"--vector {cfg.vector!r}: choose one of async, sync")
+    _require_choice("--vector", cfg.vector, ("async", "sync"))
 
 
 def parse_ent_coef(value: str) -> tuple[bool, float]:
@@ -343,28 +346,18 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--buffer-size {r.buffer_size}: must be >= 1")
     if r.her_n_sampled_goal < 0:
         raise ConfigError(f"--her-n-sampled-goal {r.her_n_sampled_goal}: must be >= 0")
-    if r.her_strategy not in HER_STRATEGIES:
-        raise ConfigError(
-            f"--her-strategy {r.her_strategy!r}: choose one of {_choices(HER_STRATEGIES)}"
-        )
+    _require_choice("--her-strategy", r.her_strategy, HER_STRATEGIES)
     if r.drq_pad < 0:
         raise ConfigError(f"--drq-pad {r.drq_pad}: must be >= 0")
-    if n.encoder not in ENCODERS:
-        raise ConfigError(f"--encoder {n.encoder!r}: choose one of {_choices(ENCODERS)}")
+    _require_choice("--encoder", n.encoder, ENCODERS)
     if n.spatial_softmax_temperature <= 0:
         raise ConfigError(
             f"--spatial-softmax-temperature {n.spatial_softmax_temperature}: must be > 0"
         )
-    if n.keypoint_trunk not in KEYPOINT_TRUNKS:
-        raise ConfigError(
-            f"--keypoint-trunk {n.keypoint_trunk!r}: choose one of {_choices(KEYPOINT_TRUNKS)}"
-        )
+    _require_choice("--keypoint-trunk", n.keypoint_trunk, KEYPOINT_TRUNKS)
     if s.aux_coef < 0:
         raise ConfigError(f"--aux-coef {s.aux_coef}: must be >= 0")
-    if n.state_estimate not in STATE_ESTIMATES:
-        raise ConfigError(
-            f"--state-estimate {n.state_estimate!r}: choose one of {_choices(STATE_ESTIMATES)}"
-        )
+    _require_choice("--state-estimate", n.state_estimate, STATE_ESTIMATES)
     if cfg.env.obs_mode == "pixels":  # without an image, neither applies
         if s.aux_coef > 0 and not n.normalize_obs:
             raise ConfigError(
@@ -385,13 +378,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--obs-norm-freeze-after {n.obs_norm_freeze_after}: must be >= 1")
     if not n.hidden_sizes or min(n.hidden_sizes) < 1:
         raise ConfigError(f"--hidden-sizes {n.hidden_sizes}: give one or more sizes >= 1")
-    if s.encoder_grad not in ENCODER_GRADS:
-        raise ConfigError(
-            f"--encoder-grad {s.encoder_grad!r}: choose one of {_choices(ENCODER_GRADS)}"
-        )
-    if s.next_obs_encoder not in NEXT_OBS_ENCODERS:
-        choices = _choices(NEXT_OBS_ENCODERS)
-        raise ConfigError(f"--next-obs-encoder {s.next_obs_encoder!r}: choose one of {choices}")
+    _require_choice("--encoder-grad", s.encoder_grad, ENCODER_GRADS)
+    _require_choice("--next-obs-encoder", s.next_obs_encoder, NEXT_OBS_ENCODERS)
     parse_ent_coef(s.ent_coef)
     if s.learning_rate <= 0:
         raise ConfigError(f"--learning-rate {s.learning_rate}: must be > 0")
@@ -423,8 +411,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--worker-timeout {run.worker_timeout}: must be > 0")
     if s.learning_starts < 0:
         raise ConfigError(f"--learning-starts {s.learning_starts}: must be >= 0")
-    if run.amp not in ("none", "bf16"):
-        raise ConfigError(f"--amp {run.amp!r}: choose none or bf16")
+    _require_choice("--amp", run.amp, ("none", "bf16"))
     if run.amp == "bf16" and (run.device == "cpu"):
         raise ConfigError("--amp bf16 needs a CUDA device (--device cuda or auto on a GPU)")
     if run.device != "auto" and not (

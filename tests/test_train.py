@@ -348,12 +348,19 @@ def test_config_tag_names_what_differs():
 
 
 def test_resume_check_reads_an_older_run_config_through_the_config_classes():
-    cfg = TrainConfig(network=NetworkConfig(encoder="drqv2"))
+    before_the_recipe = dict(keypoint_trunk="layernorm", state_estimate="off")
+    cfg = TrainConfig(
+        network=NetworkConfig(encoder="drqv2", **before_the_recipe), sac=SACConfig(aux_coef=0.0)
+    )
     saved = to_dict(cfg)
     saved["env"]["mp_context"] = "spawn"  # a flag pixelrl no longer has
     saved["network"]["encoder"] = "drqv2"  # an alias, stored before it was one
-    del saved["sac"]["aux_coef"]  # a flag added since
+    for key in before_the_recipe:  # flags added since: the run had them as ADDED_LATER says
+        del saved["network"][key]
+    del saved["sac"]["aux_coef"]
     check_resume_config(saved, cfg)
+    with pytest.raises(ConfigError, match=r"--aux-coef \(run: 0.0, now: 1.0\)"):
+        check_resume_config(saved, TrainConfig(network=NetworkConfig(encoder="drqv2")))
     saved["sac"]["batch_size"] = 7
     with pytest.raises(ConfigError, match="--batch-size"):
         check_resume_config(saved, cfg)
