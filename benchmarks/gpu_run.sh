@@ -7,6 +7,7 @@
 #   run(command="bash benchmarks/gpu_run.sh", carry=[".whl", ".gl"], timeout_s=600)
 #
 #   benchmarks/gpu_run.sh [--budget S] [--device cuda|cpu] [--smoke] [--plan] [--out DIR]
+#                         [--no-install]   (the packages are there already: skip .whl/.gl)
 #
 # Every stage has a hard time cap and writes its table before the next starts, so whatever
 # stage fails or runs out of time, the rest still runs and everything written comes back:
@@ -17,8 +18,8 @@
 # CPU, as the rehearsal and the test suite do.
 set -uo pipefail
 
-usage() { sed -n '2,19p' "$0"; exit 2; }
-BUDGET=540 DEVICE=cuda SMOKE=0 PLAN_ONLY=0 OUT_DIR=${OUT:-gpu_out}
+usage() { sed -n '2,18p' "$0"; exit 2; }
+BUDGET=540 DEVICE=cuda SMOKE=0 PLAN_ONLY=0 INSTALL=1 OUT_DIR=${OUT:-gpu_out}
 while [ $# -gt 0 ]; do
   case $1 in
     --budget) BUDGET=$2; shift 2 ;;
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1; shift ;;
     --plan) PLAN_ONLY=1; shift ;;
     --out) OUT_DIR=$2; shift 2 ;;
+    --no-install) INSTALL=0; shift ;;
     *) usage ;;
   esac
 done
@@ -91,7 +93,11 @@ setup() {
       --target /tmp/site "$REPO"/.whl/*.whl || return 1
   fi
 }
-stage setup "$SETUP" bash -c "$(declare -f setup); REPO='$REPO' PY='$PY' setup"
+if [ "$INSTALL" = 1 ]; then
+  stage setup "$SETUP" bash -c "$(declare -f setup); REPO='$REPO' PY='$PY' setup"
+else
+  log "setup: skipped (--no-install)"
+fi
 export PYTHONPATH="/tmp/site:$REPO${PYTHONPATH:+:$PYTHONPATH}" MUJOCO_GL=${MUJOCO_GL:-egl}
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1
 # MuJoCo's EGL: where no vendor file is found, point at the NVIDIA one the driver mount holds.
