@@ -1,5 +1,7 @@
 """The three-panel figure from TensorBoard events."""
 
+import time
+
 import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
@@ -80,6 +82,9 @@ def test_seeds_of_a_config_become_one_band(tmp_path):
 def test_reading_a_resumed_run_prints_no_purge_warning(tmp_path, caplog):
     run = tmp_path / "run"
     write_run(run, 0.001)
+    # A resume is a later process: its event file sorts after the first (names begin with the
+    # second they were made; within one second they end with a per-process count, "9" > "10").
+    time.sleep(1.1)
     writer = SummaryWriter(str(run), purge_step=500)  # a resume from step 500
     writer.add_scalar("rollout/success_rate", 0.4, 500)
     writer.close()

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -212,16 +213,44 @@ def test_worker_exception_or_hang_in_a_run_is_a_warning_and_a_restart(
     assert_only_real_episodes(trainer.replay)
 
 
-@pytest.mark.parametrize("size", ["8M", "9800K"])  # full while writing state.pt / the replay
-def test_a_really_full_disk_is_an_error_not_a_crash(tmp_path, size):
-    """On a full filesystem (a small tmpfs) the second checkpoint (6.4 MB: state 4.3 MB, then
-    replay 2.1 MB) cannot be written: the run reports it and exits 1, with the first
-    checkpoint (4.2 MB) intact. (torch.save's own writer failed with an opaque error here,
-    and a memory-mapped replay write died of SIGBUS.)"""
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+@pytest.fixture(scope="module")
+def checkpoint_sizes(tmp_path_factory):
+    """Bytes on disk of the full-disk test's run: its first checkpoint (state and replay, as
+    it stands while the second is written) and the second's state and replay. Measured, not
+    written down: they follow the networks, which change."""
+    sizes = {}
+    for steps in (100, 200):
+        runs = tmp_path_factory.mktemp(f"sizes{steps}")
+        cfg = async_vectors(runs, pixels=True, total_steps=steps, checkpoint_freq=100)
+        assert run_script("train.py", cli(cfg)).returncode == 0
+        newest = list_checkpoints(run_directory(cfg))[0]
+        if steps == 100:
+            sizes["first"] = _bytes(run_directory(cfg))  # the checkpoint, events, config
+        else:
+            sizes["state"] = (newest / "state.pt").stat().st_size
+            sizes["replay"] = _bytes(newest / "replay")
+    return sizes
+
+
+@pytest.mark.parametrize("full_while_writing", ["state", "replay"])
+def test_a_really_full_disk_is_an_error_not_a_crash(tmp_path, checkpoint_sizes, full_while_writing):
+    """On a full filesystem (a tmpfs sized so that the second checkpoint runs out of space
+    half-way through its state.pt, or half-way through its replay) the run reports it and
+    exits 1, with the first checkpoint intact. (torch.save's own writer failed with an opaque
+    error here, and a memory-mapped replay write died of SIGBUS.)"""
+    sizes = checkpoint_sizes
+    room = sizes["first"] + sizes["state"] // 2
+    if full_while_writing == "replay":
+        room = sizes["first"] + sizes["state"] + sizes["replay"] // 2
     small = tmp_path / "small"
     small.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={room // 1024}K", "tmpfs", str(small)],
+        capture_output=True,
     )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
