@@ -1,14 +1,16 @@
 """Offline localization: how fast and how precisely an image encoder and its state head learn
 the achieved goal from stored frames, trained by the auxiliary loss alone (no RL).
 
-    python benchmarks/localize.py RUN/checkpoints/step_N/replay --keypoint-trunk running \
+    python benchmarks/localize.py RUN/checkpoints/step_N --keypoint-trunk running \
         --temperature 0.1 --steps 2000
 
 With `--state-estimate only` (pixelrl's default) the encoder learns from the auxiliary loss
 alone, so this is what it does inside a run, on a fixed set of frames: a cheap way to compare
-encoder choices without running RL. The replay a checkpoint saved is split by episode (the
-first 80% train, the rest is held out); every 250 steps it prints (step, training loss,
-held-out median error in cm, the keypoints' std across the held-out batch, temperature).
+encoder choices without running RL. The checkpoint's replay (only a run's newest checkpoint
+keeps one) is loaded as the run built it and its frame stacks gathered as training gathers
+them; its episodes are split in order (the first 80% train, the rest is held out). Every 250
+steps it prints (step, training loss, held-out median error in cm, the keypoints' std across
+the held-out batch, temperature).
 """
 
 from __future__ import annotations
@@ -17,52 +19,76 @@ import argparse
 import json
 import math
 import time
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pixelrl.buffers.replay import EpisodeReplay
+from pixelrl.build import build_replay, describe_env, load_config
 from pixelrl.config import NetworkConfig
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.nets.encoders import STATE_HEAD_HIDDEN, ImageEncoder
 from pixelrl.nets.heads import mlp
 
 
-def main() -> None:
+def load_replay(checkpoint: str | Path) -> EpisodeReplay:
+    """The replay a checkpoint saved, in a buffer built from the run's own config."""
+    checkpoint = Path(checkpoint)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    if not meta.get("replay_saved"):
+        raise SystemExit(f"{checkpoint} kept no replay: only a run's newest checkpoint has one")
+    cfg = load_config(meta)
+    spec, _, _ = describe_env(cfg.env)
+    replay = build_replay(cfg, spec, "cpu")
+    replay.load(checkpoint / "replay")
+    return replay
+
+
+def draw(
+    replay: EpisodeReplay, first: int, last: int, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n (frame stack, achieved goal at its last frame) pairs from the stored episodes
+    first..last-1: uint8 (n, 3k, H, W) and (n, 3)."""
+    episode = torch.randint(first, last, (n,), generator=generator)
+    t = torch.randint(0, replay.spec.max_episode_steps, (n,), generator=generator)
+    t %= torch.from_numpy(replay.host_lengths)[episode]  # within a shorter episode too
+    return replay.gather_frames(episode, t)[0], replay.storage[ACHIEVED_GOAL][episode, t]
+
+
+def main(argv: list[str] | None = None) -> list[tuple]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("replay", help="a checkpoint's replay/ directory")
+    parser.add_argument("checkpoint", help="a checkpoint directory that kept its replay")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="use the first N stored episodes (default: all)")  # fmt: skip
     parser.add_argument("--keypoint-trunk", default="running")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--frame-stack", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    a = parser.parse_args()
+    a = parser.parse_args(argv)
     torch.manual_seed(a.seed)
-    frames = torch.from_numpy(np.load(f"{a.replay}/storage.pixels.npy"))  # (E, T+1, 3, H, W)
-    goals = torch.from_numpy(np.load(f"{a.replay}/storage.achieved_goal.npy"))  # (E, T+1, 3)
-    episodes, steps_per_episode = frames.shape[:2]
+    replay = load_replay(a.checkpoint)
+    episodes = replay.num_episodes if a.episodes is None else min(a.episodes, replay.num_episodes)
     split = int(episodes * 0.8)
-    train_goals = goals[:split].reshape(-1, 3)
-    mean, std = train_goals.mean(0), train_goals.std(0)
+    if split < 1 or split == episodes:
+        raise SystemExit(f"--episodes: {episodes} stored episodes cannot be split 80/20")
+    train_goals = replay.storage[ACHIEVED_GOAL][:split].reshape(-1, 3)
+    # A puck's height barely varies while it stays on the table: 1 mm is the least scale.
+    mean, std = train_goals.mean(0), train_goals.std(0).clamp(min=1e-3)
     generator = torch.Generator().manual_seed(a.seed)
-    k, side = a.frame_stack, frames.shape[-1]
-
-    def batch(first: int, last: int, n: int):
-        e = torch.randint(first, last, (n,), generator=generator)
-        t = torch.randint(0, steps_per_episode - 1, (n,), generator=generator)
-        stack = (t[:, None] + torch.arange(-k + 1, 1)).clamp(min=0)  # as the replay gathers
-        return frames[e[:, None], stack].reshape(n, 3 * k, side, side), goals[e, t]
+    k, side = replay.spec.frame_stack, replay.spec.obs_shapes[PIXELS][-1]
 
     cfg = NetworkConfig(keypoint_trunk=a.keypoint_trunk, spatial_softmax_temperature=a.temperature)
     encoder = ImageEncoder(cfg, 3 * k, side)
     features = encoder(torch.zeros(1, 3 * k, side, side, dtype=torch.uint8)).shape[-1]
     head = mlp(features, STATE_HEAD_HIDDEN, 3)
     optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=a.lr)
-    test_x, test_y = batch(split, episodes, 512)
+    test_x, test_y = draw(replay, split, episodes, 512, generator)
     curve, start = [], time.monotonic()
     for step in range(1, a.steps + 1):
-        x, y = batch(0, split, a.batch_size)
+        x, y = draw(replay, 0, split, a.batch_size, generator)
         loss = F.mse_loss(head(encoder(x, update_stats=True)), (y - mean) / std)
         optimizer.zero_grad()
         loss.backward()
@@ -79,6 +105,7 @@ def main() -> None:
             )  # fmt: skip
             print(curve[-1], f"{time.monotonic() - start:.0f}s", flush=True)
     print(json.dumps({"args": vars(a), "curve": curve}))
+    return curve
 
 
 if __name__ == "__main__":

@@ -1,10 +1,21 @@
 """benchmarks/gpu_run.sh: its plan fits one device call, and its whole path runs on the CPU in
-smoke mode (the GPU window's script, in minutes)."""
+smoke mode (the GPU window's script, in minutes); benchmarks/localize.py reads a saved replay
+as training does."""
 
+import importlib.util
+import math
 import os
 import re
 import subprocess
 from pathlib import Path
+
+import pytest
+import torch
+
+from pixelrl.build import build_replay, describe_env
+from pixelrl.checkpoint import list_checkpoints, save_checkpoint
+from pixelrl.config import EnvConfig, ReplayConfig, TrainConfig, to_dict
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL_LIMIT_S = 600  # one device call, the timeout_s README gives
@@ -58,3 +69,59 @@ def test_gpu_run_goes_end_to_end_in_smoke_mode_and_leaves_at_most_8_files(tmp_pa
     assert (out / "push_curves.png").stat().st_size > 10_000  # the plot refuses empty runs
     assert (out / "logs.tar.gz").stat().st_size > 0
     assert "failed (" not in result.stdout  # (a stage stopped at its cap keeps what it had)
+
+
+def _load_localize():
+    spec = importlib.util.spec_from_file_location("localize", ROOT / "benchmarks/localize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(tmp_path):
+    """benchmarks/localize.py: each frame stack comes with the achieved goal of its last frame,
+    and the held-out episodes never reach the training batches."""
+    localize = _load_localize()
+    cfg = TrainConfig(
+        env=EnvConfig(env_id="FetchReach-v4", n_envs=1, image_size=48),
+        replay=ReplayConfig(buffer_size=1000),
+    )
+    spec, _, _ = describe_env(cfg.env)
+    replay = build_replay(cfg, spec, "cpu")
+    T, episodes = spec.max_episode_steps, 10
+
+    def obs(episode, step):
+        # Every entry says which (episode, step) it is.
+        out = {k: torch.zeros((1, *shape)) for k, shape in spec.obs_shapes.items()}
+        out[PIXELS] = torch.zeros((1, *spec.obs_shapes[PIXELS]), dtype=torch.uint8)
+        out[PIXELS][0, 0], out[PIXELS][0, 1] = episode, step
+        out[ACHIEVED_GOAL][0] = torch.tensor([episode, step, 0.5])
+        return out
+
+    replay.start_episodes(obs(0, 0))
+    for episode in range(episodes):
+        for t in range(T):
+            last = t == T - 1
+            replay.add(
+                torch.zeros((1, spec.action_dim)),
+                obs(episode, t + 1),
+                terminated=[False],
+                truncated=[last],
+                to_act_on=obs(episode + 1, 0) if last else None,
+            )
+    save_checkpoint(tmp_path, 500, {}, {"config": to_dict(cfg)}, replay=replay)
+    checkpoint = list_checkpoints(tmp_path)[0]
+
+    loaded = localize.load_replay(checkpoint)
+    generator = torch.Generator().manual_seed(0)
+    for first, last in ((0, 8), (8, 10)):
+        frames, goals = localize.draw(loaded, first, last, 256, generator)
+        assert frames.shape == (256, 3 * cfg.env.frame_stack, 48, 48)
+        newest = frames[:, -3:, 0, 0].float()  # the stack's last frame, channels 0 and 1
+        assert torch.equal(newest[:, :2], goals[:, :2])
+        assert set(goals[:, 0].long().tolist()) == set(range(first, last))
+
+    curve = localize.main([str(checkpoint), "--steps", "250", "--batch-size", "4"])
+    assert len(curve) == 1 and math.isfinite(curve[0][2])
+    with pytest.raises(SystemExit, match="--episodes"):
+        localize.main([str(checkpoint), "--episodes", "1", "--steps", "0"])
