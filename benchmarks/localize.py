@@ -19,30 +19,16 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from pixelrl.buffers.replay import EpisodeReplay
-from pixelrl.build import build_replay, describe_env, load_config
+from pixelrl.build import load_saved_replay
 from pixelrl.config import NetworkConfig
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.nets.encoders import STATE_HEAD_HIDDEN, ImageEncoder
 from pixelrl.nets.heads import mlp
-
-
-def load_replay(checkpoint: str | Path) -> EpisodeReplay:
-    """The replay a checkpoint saved, in a buffer built from the run's own config."""
-    checkpoint = Path(checkpoint)
-    meta = json.loads((checkpoint / "meta.json").read_text())
-    if not meta.get("replay_saved"):
-        raise SystemExit(f"{checkpoint} kept no replay: only a run's newest checkpoint has one")
-    cfg = load_config(meta)
-    spec, _, _ = describe_env(cfg.env)
-    replay = build_replay(cfg, spec, "cpu")
-    replay.load(checkpoint / "replay")
-    return replay
 
 
 def draw(
@@ -69,7 +55,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     torch.manual_seed(a.seed)
-    replay = load_replay(a.checkpoint)
+    replay = load_saved_replay(a.checkpoint)
     episodes = replay.num_episodes if a.episodes is None else min(a.episodes, replay.num_episodes)
     split = int(episodes * 0.8)
     if split < 1 or split == episodes:

@@ -2,12 +2,14 @@
 replay and agent; shared by the trainer, eval.py and the policy loader.
 
 Nothing here starts a worker process or allocates a large buffer by itself, except
-`build_replay`, which checks its memory plan first.
+`build_replay` (and `load_saved_replay`, which calls it), which checks its memory plan first.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -171,6 +173,20 @@ def build_agent(cfg: TrainConfig, spec: ReplaySpec, obs_space, action_space, dev
 def build_replay(cfg: TrainConfig, spec: ReplaySpec, device) -> EpisodeReplay:
     """The episode replay; it prints its memory plan and refuses one that does not fit."""
     return EpisodeReplay(cfg.replay, spec, device, seed=cfg.run.seed)
+
+
+def load_saved_replay(checkpoint: str | os.PathLike, device="cpu") -> EpisodeReplay:
+    """The replay a checkpoint saved (only a run's newest checkpoint keeps one), in a buffer
+    built from the run's own config, for analyses of what a run stored."""
+    checkpoint = Path(checkpoint)
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    if not meta.get("replay_saved"):
+        raise ConfigError(f"{checkpoint} kept no replay: only a run's newest checkpoint has one")
+    cfg = load_config(meta)
+    spec, _, _ = describe_env(cfg.env)
+    replay = build_replay(cfg, spec, device)
+    replay.load(checkpoint / "replay")
+    return replay
 
 
 def load_config(meta: dict) -> TrainConfig:

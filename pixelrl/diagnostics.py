@@ -31,9 +31,9 @@ def linear_probe(
     it would say once amplified (standardized, the features of an untrained encoder already
     place the gripper to ~5 cm: the whole arm moves in the image).
 
-    Returns (R^2, median error) on the held-out half: R^2 = 1 - sum |y - y_hat|^2 /
-    sum |y - mean(y)|^2 pooled over the D target dimensions (1: exact, <= 0: no better than
-    the mean), and the median over rows of the Euclidean error |y - y_hat|.
+    Returns (R^2, median error) on the held-out half: `r_squared` pooled over the D target
+    dimensions (1: exact, <= 0: no better than the mean), and the median over rows of the
+    Euclidean error |y - y_hat|.
     """
     x, y = features.detach().double().flatten(1), targets.detach().double()
     half = len(x) // 2
@@ -45,7 +45,13 @@ def linear_probe(
     gram = x_fit.T @ x_fit + ridge * half * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
     weights = torch.linalg.solve(gram, x_fit.T @ (y_fit - y_mean))
     prediction = x_test @ weights + y_mean
-    residual = ((y_test - prediction) ** 2).sum()
-    total = ((y_test - y_test.mean(0)) ** 2).sum().clamp_min(1e-12)
     error = (y_test - prediction).norm(dim=-1).median()
-    return 1.0 - residual / total, error
+    return r_squared(prediction, y_test), error
+
+
+def r_squared(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - sum |y - y_hat|^2 / sum |y - mean(y)|^2 over (B, D) rows, pooled over the D
+    dimensions: 1 when exact, 0 for the targets' own mean, negative when worse."""
+    residual = ((target - prediction) ** 2).sum()
+    total = ((target - target.mean(0)) ** 2).sum().clamp_min(1e-12)
+    return 1.0 - residual / total

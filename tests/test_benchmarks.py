@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixelrl.build import build_replay, describe_env
-from pixelrl.checkpoint import list_checkpoints, save_checkpoint
-from pixelrl.config import EnvConfig, ReplayConfig, TrainConfig, to_dict
+from pixelrl.build import build_agent, build_replay, describe_env, load_saved_replay
+from pixelrl.checkpoint import save_checkpoint
+from pixelrl.config import ConfigError, EnvConfig, ReplayConfig, TrainConfig, to_dict
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,35 +71,35 @@ def test_gpu_run_goes_end_to_end_in_smoke_mode_and_leaves_at_most_8_files(tmp_pa
     assert "failed (" not in result.stdout  # (a stage stopped at its cap keeps what it had)
 
 
-def _load_localize():
-    spec = importlib.util.spec_from_file_location("localize", ROOT / "benchmarks/localize.py")
+def _load(script: str):
+    spec = importlib.util.spec_from_file_location(script, ROOT / f"benchmarks/{script}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(tmp_path):
-    """benchmarks/localize.py: each frame stack comes with the achieved goal of its last frame,
-    and the held-out episodes never reach the training batches."""
-    localize = _load_localize()
+@pytest.fixture
+def saved_run(tmp_path):
+    """A checkpoint with an untrained agent and a replay of 10 episodes whose every entry says
+    which (episode, step) it is: frames (episode, step) in channels 0 and 1, achieved goal
+    (episode, step, step / T)."""
     cfg = TrainConfig(
         env=EnvConfig(env_id="FetchReach-v4", n_envs=1, image_size=48),
         replay=ReplayConfig(buffer_size=1000),
     )
-    spec, _, _ = describe_env(cfg.env)
+    spec, obs_space, action_space = describe_env(cfg.env)
     replay = build_replay(cfg, spec, "cpu")
-    T, episodes = spec.max_episode_steps, 10
+    T = spec.max_episode_steps
 
     def obs(episode, step):
-        # Every entry says which (episode, step) it is.
         out = {k: torch.zeros((1, *shape)) for k, shape in spec.obs_shapes.items()}
         out[PIXELS] = torch.zeros((1, *spec.obs_shapes[PIXELS]), dtype=torch.uint8)
         out[PIXELS][0, 0], out[PIXELS][0, 1] = episode, step
-        out[ACHIEVED_GOAL][0] = torch.tensor([episode, step, 0.5])
+        out[ACHIEVED_GOAL][0] = torch.tensor([episode, step, step / T])
         return out
 
     replay.start_episodes(obs(0, 0))
-    for episode in range(episodes):
+    for episode in range(10):
         for t in range(T):
             last = t == T - 1
             replay.add(
@@ -109,10 +109,17 @@ def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(tmp_path):
                 truncated=[last],
                 to_act_on=obs(episode + 1, 0) if last else None,
             )
-    save_checkpoint(tmp_path, 500, {}, {"config": to_dict(cfg)}, replay=replay)
-    checkpoint = list_checkpoints(tmp_path)[0]
+    agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
+    meta = {"config": to_dict(cfg)}
+    return cfg, save_checkpoint(tmp_path, 500, {"agent": agent.state()}, meta, replay=replay)
 
-    loaded = localize.load_replay(checkpoint)
+
+def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(saved_run, tmp_path):
+    """benchmarks/localize.py: each frame stack comes with the achieved goal of its last frame,
+    and the held-out episodes never reach the training batches."""
+    localize = _load("localize")
+    cfg, checkpoint = saved_run
+    loaded = load_saved_replay(checkpoint)
     generator = torch.Generator().manual_seed(0)
     for first, last in ((0, 8), (8, 10)):
         frames, goals = localize.draw(loaded, first, last, 256, generator)
@@ -125,3 +132,16 @@ def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(tmp_path):
     assert len(curve) == 1 and math.isfinite(curve[0][2])
     with pytest.raises(SystemExit, match="--episodes"):
         localize.main([str(checkpoint), "--episodes", "1", "--steps", "0"])
+    with pytest.raises(ConfigError, match="kept no replay"):
+        load_saved_replay(save_checkpoint(tmp_path, 600, {}, {"config": to_dict(cfg)}))
+
+
+def test_probe_splits_the_samples_by_height(saved_run):
+    """benchmarks/probe.py: the second row of each repeat holds exactly the samples whose
+    achieved goal is at least --min-height high, the first row all of them."""
+    _, checkpoint = saved_run
+    rows = _load("probe").main([str(checkpoint), "--min-height", "0.5", "--repeats", "2"])
+    assert len(rows) == 4 and all(row["samples"] == 512 for row in rows[::2])
+    # Heights are step / 50 for steps 0..49 drawn uniformly: about half are >= 0.5.
+    assert all(200 < row["samples"] < 312 for row in rows[1::2])
+    assert all("probe/state_estimate_r2" in row for row in rows)

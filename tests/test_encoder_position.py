@@ -7,7 +7,7 @@ import torch
 from test_sac import KEYS, SHAPES, make_agent, random_batch, random_obs
 
 from pixelrl.config import ConfigError, EnvConfig, NetworkConfig, SACConfig, TrainConfig, validate
-from pixelrl.diagnostics import linear_probe, spread_across_batch
+from pixelrl.diagnostics import linear_probe, r_squared, spread_across_batch
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 from pixelrl.nets.encoders import (
     STATE_ESTIMATE,
@@ -312,10 +312,22 @@ def test_linear_probe_reads_a_linear_code_and_not_noise():
     assert r2 < 0.1
 
 
+def test_r_squared_is_one_for_exact_zero_for_the_mean_and_pools_dimensions():
+    gen = torch.Generator().manual_seed(1)
+    target = torch.randn(256, 3, generator=gen) * torch.tensor([0.1, 0.1, 0.01])
+    assert r_squared(target, target) == 1
+    assert abs(r_squared(target.mean(0).expand_as(target), target)) < 1e-6
+    # An error in the dimension that barely varies weighs by the pooled spread, not its own.
+    off = target.clone()
+    off[:, 2] = 0
+    assert r_squared(off, target) > 0.98
+
+
 def test_agent_diagnostics_probe_the_image_features():
     agent = make_agent(**AUX)
     obs = random_obs(64, torch.Generator().manual_seed(4))
     diag = agent.encoder_diagnostics(obs)
     assert -10 < diag["probe/achieved_goal_r2"] < 1
     assert diag["probe/state_estimate_median_error_cm"] > 0
+    assert diag["probe/state_estimate_r2"] < 1  # an untrained head
     assert diag["encoder/keypoints_std_across_batch"] > 0

@@ -58,7 +58,7 @@ from torch import nn
 
 from pixelrl.buffers.replay import Batch
 from pixelrl.config import NetworkConfig, SACConfig, parse_ent_coef
-from pixelrl.diagnostics import linear_probe, spread_across_batch
+from pixelrl.diagnostics import linear_probe, r_squared, spread_across_batch
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.nets.encoders import ObservationEncoder
 from pixelrl.nets.heads import SquashedGaussianActor, TwinQ
@@ -351,7 +351,8 @@ class SAC(nn.Module):
         - `probe/achieved_goal_r2`, `probe/achieved_goal_median_error_cm`: a ridge regression
           from the image features to the achieved goal, fitted on one half of `obs` and scored
           on the other (`pixelrl.diagnostics.linear_probe`).
-        - `probe/state_estimate_median_error_cm`: the state head's own estimate, in metres x 100.
+        - `probe/state_estimate_median_error_cm`, `probe/state_estimate_r2`: the state head's
+          own estimate (what the heads read with `--state-estimate`), in metres x 100.
         - the SpatialSoftmax temperature, and the mean std of each normalization group.
         """
         out = dict(self.normalizer.describe())
@@ -374,6 +375,7 @@ class SAC(nn.Module):
             estimate = self.normalizer.denormalize(ACHIEVED_GOAL, estimate).double()
             distance = (estimate - achieved_goal).norm(dim=-1)
             out["probe/state_estimate_median_error_cm"] = 100 * distance.median()
+            out["probe/state_estimate_r2"] = r_squared(estimate, achieved_goal)
         return out
 
     # ------------------------------------------------------------------ state

@@ -1,0 +1,61 @@
+"""The encoder diagnostics of one checkpoint, on all stored observations and on those whose
+achieved goal is at least `--min-height` high (in Push: the puck still on the table).
+
+    python benchmarks/probe.py RUN/checkpoints/step_N --min-height 0.4 --repeats 4
+
+Each repeat draws 512 stored observations, as a run's logging does, and prints the probe of
+the image features (R^2 / median error) and the state head's estimate (R^2 / median error),
+first over all of them, then over those above the height. R^2 pools squared errors, so a few
+pucks pushed off the table (tens of centimetres below it) can decide it while the median
+error does not move; this separates the two.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from pixelrl.build import build_agent, describe_env, load_config, load_saved_replay
+from pixelrl.checkpoint import load_checkpoint
+from pixelrl.envs import ACHIEVED_GOAL
+from pixelrl.trainer import DIAGNOSTIC_SAMPLES
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="a checkpoint directory that kept its replay")
+    parser.add_argument("--min-height", type=float, default=0.4, help="metres (the table: 0.42)")
+    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=123)
+    a = parser.parse_args(argv)
+    state, meta = load_checkpoint(a.checkpoint)
+    cfg = load_config(meta)
+    spec, obs_space, action_space = describe_env(cfg.env)
+    agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
+    agent.load_state(state["agent"])
+    replay = load_saved_replay(a.checkpoint)
+    generator = torch.Generator().manual_seed(a.seed)
+    print("| repeat | samples | probe R^2 / median error | estimate R^2 / median error |")
+    print("|---|---|---|---|")
+    rows = []
+    for repeat in range(a.repeats):
+        obs = replay.sample_observations(DIAGNOSTIC_SAMPLES, generator)
+        above = obs[ACHIEVED_GOAL][:, 2] >= a.min_height
+        for name, rows_of in (("all", slice(None)), (f">= {a.min_height} m", above)):
+            d = agent.encoder_diagnostics({k: v[rows_of] for k, v in obs.items()})
+            row = {k: float(v) for k, v in d.items() if k.startswith("probe/")}
+            row["samples"] = int(obs[ACHIEVED_GOAL][rows_of].shape[0])
+            rows.append(row)
+            print(
+                f"| {repeat} | {name}: {row['samples']} "
+                f"| {row['probe/achieved_goal_r2']:.3f} / "
+                f"{row['probe/achieved_goal_median_error_cm']:.2f} cm "
+                f"| {row.get('probe/state_estimate_r2', float('nan')):.3f} / "
+                f"{row.get('probe/state_estimate_median_error_cm', float('nan')):.2f} cm |"
+            )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
