@@ -13,16 +13,20 @@ error does not move; this separates the two.
 from __future__ import annotations
 
 import argparse
+import itertools
+import math
 
 import torch
 
 from pixelrl.build import build_agent, describe_env, load_config, load_saved_replay
 from pixelrl.checkpoint import load_checkpoint
-from pixelrl.envs import ACHIEVED_GOAL
+from pixelrl.envs import ACHIEVED_GOAL, PROPRIO_GRIP_POS, PROPRIOCEPTION
 from pixelrl.trainer import DIAGNOSTIC_SAMPLES
 
+DISTANCE_BINS_CM = (0, 5, 10, 20, math.inf)
 
-def main(argv: list[str] | None = None) -> list[dict]:
+
+def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint directory that kept its replay")
     parser.add_argument("--min-height", type=float, default=0.4, help="metres (the table: 0.42)")
@@ -38,10 +42,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     generator = torch.Generator().manual_seed(a.seed)
     print("| repeat | samples | probe R^2 / median error | estimate R^2 / median error |")
     print("|---|---|---|---|")
-    rows = []
+    rows, errors, distances = [], [], []
     for repeat in range(a.repeats):
         obs = replay.sample_observations(DIAGNOSTIC_SAMPLES, generator)
         above = obs[ACHIEVED_GOAL][:, 2] >= a.min_height
+        if agent.critic_encoder.state_head is not None and PROPRIOCEPTION in obs:
+            goal = obs[ACHIEVED_GOAL][above]
+            estimate = agent.estimate_achieved_goal({k: v[above] for k, v in obs.items()})
+            errors.append((estimate - goal).norm(dim=-1) * 100)
+            gripper = obs[PROPRIOCEPTION][above][:, PROPRIO_GRIP_POS]
+            distances.append((gripper - goal).norm(dim=-1) * 100)
         for name, rows_of in (("all", slice(None)), (f">= {a.min_height} m", above)):
             d = agent.encoder_diagnostics({k: v[rows_of] for k, v in obs.items()})
             row = {k: float(v) for k, v in d.items() if k.startswith("probe/")}
@@ -54,7 +64,29 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 f"| {row.get('probe/state_estimate_r2', float('nan')):.3f} / "
                 f"{row.get('probe/state_estimate_median_error_cm', float('nan')):.2f} cm |"
             )
-    return rows
+    return rows, error_by_distance(errors, distances, a.min_height)
+
+
+def error_by_distance(errors: list, distances: list, min_height: float) -> list[dict]:
+    """Print and return the estimate's error (cm) binned by the gripper's distance (cm)."""
+    if not errors:
+        return []
+    error, distance = torch.cat(errors), torch.cat(distances)
+    print(f"\nThe estimate's error by the gripper's distance (achieved goal >= {min_height} m):\n")
+    print("| gripper to achieved goal | samples | median error | 90th percentile |")
+    print("|---|---|---|---|")
+    bins = []
+    for near, far in itertools.pairwise(DISTANCE_BINS_CM):
+        inside = (distance >= near) & (distance < far)
+        if not inside.any():
+            continue
+        e = error[inside]
+        bins.append({"near_cm": near, "far_cm": far, "samples": int(inside.sum()),
+                     "median_cm": float(e.median()), "p90_cm": float(e.quantile(0.9))})  # fmt: skip
+        span = f"{near}-{far} cm" if far < math.inf else f">= {near} cm"
+        print(f"| {span} | {bins[-1]['samples']} | {bins[-1]['median_cm']:.2f} cm "
+              f"| {bins[-1]['p90_cm']:.2f} cm |")  # fmt: skip
+    return bins
 
 
 if __name__ == "__main__":

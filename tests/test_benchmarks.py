@@ -140,8 +140,11 @@ def test_probe_splits_the_samples_by_height(saved_run):
     """benchmarks/probe.py: the second row of each repeat holds exactly the samples whose
     achieved goal is at least --min-height high, the first row all of them."""
     _, checkpoint = saved_run
-    rows = _load("probe").main([str(checkpoint), "--min-height", "0.5", "--repeats", "2"])
+    rows, bins = _load("probe").main([str(checkpoint), "--min-height", "0.5", "--repeats", "2"])
     assert len(rows) == 4 and all(row["samples"] == 512 for row in rows[::2])
     # Heights are step / 50 for steps 0..49 drawn uniformly: about half are >= 0.5.
     assert all(200 < row["samples"] < 312 for row in rows[1::2])
     assert all("probe/state_estimate_r2" in row for row in rows)
+    # The gripper (proprioception: zeros) is |(episode, step, step / 50)| m away: far.
+    assert [b["near_cm"] for b in bins] == [20]
+    assert bins[0]["samples"] == rows[1]["samples"] + rows[3]["samples"]

@@ -371,12 +371,24 @@ class SAC(nn.Module):
         r2, error = linear_probe(parts[PIXELS], achieved_goal)
         out["probe/achieved_goal_r2"], out["probe/achieved_goal_median_error_cm"] = r2, 100 * error
         if encoder.state_head is not None:
-            estimate = encoder.state_head(parts[PIXELS])
-            estimate = self.normalizer.denormalize(ACHIEVED_GOAL, estimate).double()
+            estimate = self._estimate_in_goal_units(parts[PIXELS]).double()
             distance = (estimate - achieved_goal).norm(dim=-1)
             out["probe/state_estimate_median_error_cm"] = 100 * distance.median()
             out["probe/state_estimate_r2"] = r_squared(estimate, achieved_goal)
         return out
+
+    def _estimate_in_goal_units(self, image_features: torch.Tensor) -> torch.Tensor:
+        estimate = self.critic_encoder.state_head(image_features)
+        return self.normalizer.denormalize(ACHIEVED_GOAL, estimate)
+
+    @torch.no_grad()
+    def estimate_achieved_goal(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The state head's estimate of the achieved goal (B, D) from raw obs, in the goal's
+        own units (metres); for analyses (acting reads it inside the encoder)."""
+        if self.critic_encoder.state_head is None:
+            raise ValueError("no state head: the run had --aux-coef 0 and --state-estimate off")
+        parts = self.critic_encoder.parts(self.normalizer(obs))
+        return self._estimate_in_goal_units(parts[PIXELS])
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
