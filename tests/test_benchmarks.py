@@ -1,6 +1,6 @@
 """benchmarks/gpu_run.sh: its plan fits one device call, and its whole path runs on the CPU in
 smoke mode (the GPU window's script, in minutes); benchmarks/localize.py reads a saved replay
-as training does."""
+as training does, and benchmarks/probe.py splits its samples by height."""
 
 import importlib.util
 import math
