@@ -2,7 +2,8 @@
 
 `evaluate(EvalArgs(...))` is what eval.py runs and what a sweep's trial runs after training;
 it writes eval.json beside the checkpoint (success rate, mean return, per-episode success,
-return and final goal distance, the seed and the checkpoint's step).
+return, final goal distance and how far the achieved goal moved, the seed and the checkpoint's
+step).
 """
 
 from __future__ import annotations
@@ -76,11 +77,15 @@ def evaluate(args: EvalArgs) -> dict:
         vector="sync" if args.video else cfg.env.vector,  # the video view renders here
     )
     seed = args.seed if args.seed is not None else cfg.run.seed + 10_000
-    results = {"success": [], "return": [], "final_distance": []}
+    results = {"success": [], "return": [], "final_distance": [], "achieved_goal_moved": []}
     frames: list[np.ndarray] = []
     video_done = 0
     with FetchVectorEnv(env_cfg, seed=seed) as venv:
         obs = venv.reset()
+        # Where each env's achieved goal began its episode. In Push and PickAndPlace that is the
+        # puck: an episode whose achieved goal never moved is one where the policy never
+        # touched it, which tells a policy that reaches for the puck from one that does not.
+        episode_start = obs[ACHIEVED_GOAL].copy()
         viewer = venv.local_env(0) if args.video else None
         if viewer is not None:
             frames.append(viewer.render_view(args.video_size))
@@ -95,12 +100,16 @@ def evaluate(args: EvalArgs) -> dict:
                 if len(results["success"]) < args.episodes:
                     final = step.next_obs
                     distance = np.linalg.norm(final[ACHIEVED_GOAL][i] - final[DESIRED_GOAL][i])
+                    moved = np.linalg.norm(final[ACHIEVED_GOAL][i] - episode_start[i])
                     results["success"].append(bool(step.is_success[i]))
                     results["return"].append(float(returns[i]))
                     results["final_distance"].append(float(distance))
+                    results["achieved_goal_moved"].append(float(moved))
                 returns[i] = 0.0
             returns[step.lost] = 0.0  # a failed env's partial episode is dropped
-            policy.reset(np.flatnonzero(step.new_episode))
+            restarted = np.flatnonzero(step.new_episode)
+            policy.reset(restarted)
+            episode_start[restarted] = step.to_act_on[ACHIEVED_GOAL][restarted]
             obs = step.to_act_on
             if venv.gave_up:  # an env left without a worker would never finish an episode
                 raise RuntimeError(f"evaluation stopped: {venv.gave_up}")
@@ -113,10 +122,15 @@ def evaluate(args: EvalArgs) -> dict:
         "success_rate": float(np.mean(results["success"])),
         "mean_return": float(np.mean(results["return"])),
         "mean_final_distance": float(np.mean(results["final_distance"])),
+        "mean_achieved_goal_moved": float(np.mean(results["achieved_goal_moved"])),
         "per_episode": [
-            {"success": s, "return": r, "final_distance": d}
-            for s, r, d in zip(
-                results["success"], results["return"], results["final_distance"], strict=True
+            {"success": s, "return": r, "final_distance": d, "achieved_goal_moved": m}
+            for s, r, d, m in zip(
+                results["success"],
+                results["return"],
+                results["final_distance"],
+                results["achieved_goal_moved"],
+                strict=True,
             )
         ],
     }

@@ -186,6 +186,7 @@ def test_end_to_end_run_and_eval(tmp_path):
     assert 0.0 <= report["success_rate"] <= 1.0
     for episode in report["per_episode"]:
         assert episode["final_distance"] >= 0 and -50 <= episode["return"] <= 0
+        assert episode["achieved_goal_moved"] >= 0
     from PIL import Image
 
     gif = Image.open(video)

@@ -1,0 +1,55 @@
+"""evaluate(): the report's per-episode figures, with a fixed-action policy on no-pixel envs."""
+
+import numpy as np
+import pytest
+
+import pixelrl.evaluation as evaluation
+from pixelrl.config import EnvConfig, TrainConfig
+from pixelrl.envs import DESIRED_GOAL
+
+
+class FixedActionPolicy:
+    """Stands in for load_policy's Policy: the same action in every env at every step."""
+
+    checkpoint_step = 0
+
+    def __init__(self, action):
+        self.action = np.asarray(action, dtype=np.float32)
+
+    def act_batch(self, obs, deterministic=True):
+        return np.tile(self.action, (len(obs[DESIRED_GOAL]), 1))
+
+    def reset(self, envs=None):
+        pass
+
+
+def run_evaluation(tmp_path, monkeypatch, env_id, action, episodes=4):
+    cfg = TrainConfig(env=EnvConfig(env_id=env_id, n_envs=2, no_pixels=True, vector="sync"))
+    monkeypatch.setattr(evaluation, "resolve_checkpoint", lambda path: tmp_path)
+    monkeypatch.setattr(
+        evaluation, "load_policy", lambda path, device: (cfg, FixedActionPolicy(action))
+    )
+    args = evaluation.EvalArgs(
+        checkpoint=str(tmp_path), episodes=episodes, output=str(tmp_path / "e.json")
+    )
+    return evaluation.evaluate(args)
+
+
+def test_a_puck_nobody_touches_has_not_moved_in_any_episode(tmp_path, monkeypatch):
+    # Two episodes per env: the second one's start must be its own reset's puck position, not
+    # the first episode's (those differ by centimetres).
+    report = run_evaluation(tmp_path, monkeypatch, "FetchPush-v4", [0.0, 0.0, 0.0, 0.0])
+    moved = [e["achieved_goal_moved"] for e in report["per_episode"]]
+    assert len(moved) == 4 and max(moved) < 1e-3
+    assert report["mean_achieved_goal_moved"] == pytest.approx(np.mean(moved))
+
+
+def test_a_gripper_driven_sideways_has_moved_the_same_distance_in_every_episode(
+    tmp_path, monkeypatch
+):
+    # FetchReach's achieved goal is the gripper; it starts at the same place every episode, so
+    # the same action sequence moves it the same distance, and far beyond the 5 cm threshold.
+    report = run_evaluation(tmp_path, monkeypatch, "FetchReach-v4", [1.0, 0.0, 0.0, 0.0])
+    moved = np.array([e["achieved_goal_moved"] for e in report["per_episode"]])
+    assert moved.min() > 0.1
+    assert moved == pytest.approx(np.full(4, moved[0]), abs=1e-3)
