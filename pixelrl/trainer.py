@@ -48,7 +48,7 @@ from pixelrl.checkpoint import (
     to_tensor_tree,
 )
 from pixelrl.config import ConfigError, TrainConfig, to_dict, validate
-from pixelrl.envs import PIXELS
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.logger import Logger
 from pixelrl.transfer import to_device, to_host, upload_step
@@ -95,11 +95,17 @@ class TrainState:
         self.episode_return = np.zeros(n_envs)  # of the episodes under way
         self.episode_length = np.zeros(n_envs, dtype=np.int64)
         self.recent = {k: collections.deque(maxlen=STATS_WINDOW) for k in _RECENT}
+        # Where each env's achieved goal stood when its episode began. How far it has moved
+        # by the episode's end is rollout/achieved_goal_moved: in Push the puck, and touching
+        # it comes before succeeding (the no-pixels Push control's touch rate climbs some
+        # 25K env steps before its success does, benchmarks/learning.md).
+        self.episode_start_goal: np.ndarray | None = None
         self.wall_time = 0.0  # seconds trained before this process
 
     def record(self, step: VecStep) -> None:
         """Count one vector step: the env steps really collected (not those of envs whose
-        transition was lost), episode returns and lengths, finished episodes."""
+        transition was lost), finished episodes: return, length, success and how far the
+        achieved goal moved."""
         collected = ~step.lost
         self.env_step += int(collected.sum())
         self.vector_step += 1
@@ -109,11 +115,18 @@ class TrainState:
             self.recent["successes"].append(float(step.is_success[i]))
             self.recent["returns"].append(float(self.episode_return[i]))
             self.recent["lengths"].append(int(self.episode_length[i]))
+            moved = np.linalg.norm(step.next_obs[ACHIEVED_GOAL][i] - self.episode_start_goal[i])
+            self.recent["goal_moved"].append(float(moved))
             self.episodes += 1
-        self.restart_episodes(step.new_episode)
+        self.restart_episodes(step.new_episode, step.to_act_on)
 
-    def restart_episodes(self, mask: np.ndarray) -> None:
+    def restart_episodes(self, mask: np.ndarray, obs: dict[str, np.ndarray]) -> None:
+        """The envs in `mask` start an episode at `obs` (host arrays)."""
         self.episode_return[mask], self.episode_length[mask] = 0.0, 0
+        if self.episode_start_goal is None:  # the first reset, or a checkpoint saved without
+            # it (the episodes under way are then measured from the resume)
+            self.episode_start_goal = obs[ACHIEVED_GOAL].copy()
+        self.episode_start_goal[mask] = obs[ACHIEVED_GOAL][mask]
 
     def success_rate(self) -> float | None:
         successes = self.recent["successes"]
@@ -122,11 +135,14 @@ class TrainState:
     def rollout_scalars(self) -> dict[str, float]:
         if not self.recent["returns"]:
             return {}
-        return {
+        scalars = {
             "rollout/success_rate": self.success_rate(),
             "rollout/ep_rew_mean": float(np.mean(self.recent["returns"])),
             "rollout/ep_len_mean": float(np.mean(self.recent["lengths"])),
         }
+        if self.recent["goal_moved"]:  # empty after resuming a checkpoint saved without it
+            scalars["rollout/achieved_goal_moved"] = float(np.mean(self.recent["goal_moved"]))
+        return scalars
 
     def state_dict(self, elapsed: float = 0.0) -> dict:
         """elapsed: seconds trained in this process, added to the wall time."""
@@ -135,6 +151,9 @@ class TrainState:
             "episode_return": torch.from_numpy(self.episode_return.copy()),
             "episode_length": torch.from_numpy(self.episode_length.copy()),
             "recent": {k: list(v) for k, v in self.recent.items()},
+            "episode_start_goal": None
+            if self.episode_start_goal is None
+            else torch.from_numpy(self.episode_start_goal.copy()),
             "wall_time": self.wall_time + elapsed,
         }
 
@@ -146,11 +165,13 @@ class TrainState:
         for key, values in state["recent"].items():
             self.recent[key].clear()
             self.recent[key].extend(values)
+        start = state.get("episode_start_goal")
+        self.episode_start_goal = None if start is None else start.numpy().copy()
         self.wall_time = float(state["wall_time"])
 
 
 _COUNTERS = ("env_step", "vector_step", "n_updates", "episodes")
-_RECENT = ("successes", "returns", "lengths")
+_RECENT = ("successes", "returns", "lengths", "goal_moved")
 
 
 class MetricSums:
@@ -284,7 +305,7 @@ class Trainer:
         if saved["frame_stack"] is not None:
             self.stack.frames.copy_(saved["frame_stack"])
             self.stack.reset(to_device(obs[PIXELS], self.device), to_device(fresh, self.device))
-        self.state.restart_episodes(fresh)
+        self.state.restart_episodes(fresh, obs)
         if meta["replay_saved"]:
             self.replay.load(path / "replay")
             self.replay.start_episodes(obs, np.flatnonzero(fresh))
@@ -351,6 +372,7 @@ class Trainer:
                 obs = self.restore(*self.checkpoint)
             else:
                 obs = self.venv.reset()
+                self.state.restart_episodes(np.ones(len(obs[ACHIEVED_GOAL]), bool), obs)
                 self._start_frame_stack(obs)
                 self.replay.start_episodes(obs)
             self._loop({k: to_device(v, self.device) for k, v in obs.items()})

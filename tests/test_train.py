@@ -25,7 +25,9 @@ from pixelrl.config import (
     TrainConfig,
     to_dict,
 )
-from pixelrl.trainer import Trainer
+from pixelrl.envs import ACHIEVED_GOAL
+from pixelrl.trainer import Trainer, TrainState
+from pixelrl.vector_env import VecStep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -193,6 +195,42 @@ def test_end_to_end_run_and_eval(tmp_path):
     assert gif.size == (128, 128) and gif.n_frames == 51
 
 
+def test_train_state_measures_how_far_the_achieved_goal_moved_in_each_episode():
+    def step(goal, done=(False, False), lost=(False, False), next_goal=None):
+        obs = {ACHIEVED_GOAL: np.array(goal, np.float32)}
+        nxt = obs if next_goal is None else {ACHIEVED_GOAL: np.array(next_goal, np.float32)}
+        zeros = np.zeros(2)
+        done, lost = np.array(done), np.array(lost)
+        return VecStep(obs, nxt, zeros, zeros.astype(bool), done, done, lost)
+
+    state = TrainState(n_envs=2)
+    state.restart_episodes(np.ones(2, bool), {ACHIEVED_GOAL: np.zeros((2, 3), np.float32)})
+    state.record(step([[0.1, 0, 0], [0, 0, 0]]))
+    # Env 1's worker fails: its partial episode is dropped and the next starts where it is.
+    state.record(step([[0.2, 0, 0], [0, 0.5, 0]], lost=(False, True)))
+    # Both episodes end; the envs' next episodes start at new positions (to_act_on).
+    state.record(
+        step(
+            [[9, 9, 9], [9, 9, 9]],
+            done=(True, True),
+            next_goal=[[0.3, 0.4, 0], [0, 0.5, 0.2]],
+        )
+    )
+    assert state.recent["goal_moved"] == pytest.approx([0.5, 0.2])
+    assert state.rollout_scalars()["rollout/achieved_goal_moved"] == pytest.approx(0.35)
+    np.testing.assert_array_equal(state.episode_start_goal, np.full((2, 3), 9.0))
+
+    # A checkpoint saved before this statistic resumes; its episodes under way are measured
+    # from where the envs stand at the resume.
+    saved = state.state_dict()
+    del saved["episode_start_goal"], saved["recent"]["goal_moved"]
+    resumed = TrainState(n_envs=2)
+    resumed.load_state_dict(saved)
+    resumed.restart_episodes(np.zeros(2, bool), {ACHIEVED_GOAL: np.ones((2, 3), np.float32)})
+    np.testing.assert_array_equal(resumed.episode_start_goal, np.ones((2, 3)))
+    assert "rollout/achieved_goal_moved" not in resumed.rollout_scalars()
+
+
 def _replay_arrays(path):
     return {p.name: np.load(p) for p in sorted((path / "replay").glob("*.npy"))}
 
@@ -208,6 +246,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, split):
     path_a, state_a, meta_a = final_state(run_directory(whole))
     path_b, state_b, meta_b = final_state(run_directory(second))
     assert state_a["counters"] == state_b["counters"]
+    # The episode statistics too, the one under way at a mid-episode split included.
+    assert state_a["recent"] == state_b["recent"] and len(state_a["recent"]["goal_moved"]) == 4
+    assert torch.equal(state_a["episode_start_goal"], state_b["episode_start_goal"])
     assert meta_a["step"] == meta_b["step"] == 260
     arrays_a, arrays_b = _replay_arrays(path_a), _replay_arrays(path_b)
     assert arrays_a.keys() == arrays_b.keys()
