@@ -142,6 +142,7 @@ def test_end_to_end_run_and_eval(tmp_path):
         "rollout/success_rate",
         "rollout/ep_rew_mean",
         "rollout/ep_len_mean",
+        "rollout/achieved_goal_moved",
         "train/critic_loss",
         "train/actor_loss",
         "train/ent_coef",
