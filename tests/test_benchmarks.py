@@ -15,7 +15,7 @@ import torch
 from pixelrl.build import build_agent, build_replay, describe_env, load_saved_replay
 from pixelrl.checkpoint import save_checkpoint
 from pixelrl.config import ConfigError, EnvConfig, ReplayConfig, TrainConfig, to_dict
-from pixelrl.envs import ACHIEVED_GOAL, PIXELS
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, PROPRIOCEPTION
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL_LIMIT_S = 600  # one device call, the timeout_s README gives
@@ -78,15 +78,10 @@ def _load(script: str):
     return module
 
 
-@pytest.fixture
-def saved_run(tmp_path):
-    """A checkpoint with an untrained agent and a replay of 10 episodes whose every entry says
-    which (episode, step) it is: frames (episode, step) in channels 0 and 1, achieved goal
-    (episode, step, step / T)."""
-    cfg = TrainConfig(
-        env=EnvConfig(env_id="FetchReach-v4", n_envs=1, image_size=48),
-        replay=ReplayConfig(buffer_size=1000),
-    )
+def numbered_replay(cfg: TrainConfig, episodes: int):
+    """A replay of `episodes` episodes whose every entry says which (episode, step) it is:
+    frames (episode, step) in channels 0 and 1, achieved goal (episode, step, step / T);
+    proprioception zeros (the gripper at the origin)."""
     spec, obs_space, action_space = describe_env(cfg.env)
     replay = build_replay(cfg, spec, "cpu")
     T = spec.max_episode_steps
@@ -99,7 +94,7 @@ def saved_run(tmp_path):
         return out
 
     replay.start_episodes(obs(0, 0))
-    for episode in range(10):
+    for episode in range(episodes):
         for t in range(T):
             last = t == T - 1
             replay.add(
@@ -109,6 +104,21 @@ def saved_run(tmp_path):
                 truncated=[last],
                 to_act_on=obs(episode + 1, 0) if last else None,
             )
+    return replay, spec, obs_space, action_space
+
+
+def tiny_reach(buffer_size: int) -> TrainConfig:
+    return TrainConfig(
+        env=EnvConfig(env_id="FetchReach-v4", n_envs=1, image_size=48),
+        replay=ReplayConfig(buffer_size=buffer_size),
+    )
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A checkpoint with an untrained agent and the `numbered_replay` of 10 episodes."""
+    cfg = tiny_reach(1000)
+    replay, spec, obs_space, action_space = numbered_replay(cfg, 10)
     agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
     meta = {"config": to_dict(cfg)}
     return cfg, save_checkpoint(tmp_path, 500, {"agent": agent.state()}, meta, replay=replay)
@@ -148,3 +158,49 @@ def test_probe_splits_the_samples_by_height(saved_run):
     # The gripper (proprioception: zeros) is |(episode, step, step / 50)| m away: far.
     assert [b["near_cm"] for b in bins] == [20]
     assert bins[0]["samples"] == rows[1]["samples"] + rows[3]["samples"]
+
+
+def test_contact_reads_the_episodes_oldest_first_by_the_steps_at_which_they_ended(saved_run):
+    """benchmarks/contact.py: per window, the episodes that ended in it. The gripper sits at
+    the origin and episode e's achieved goal starts at (e, 0, 0), so its closest approach is
+    e metres: each window's median names its episodes."""
+    _, checkpoint = saved_run
+    rows, headings = _load("contact").main([str(checkpoint), "--window", "100"])
+    assert [(r["from"], r["to"], r["episodes"]) for r in rows] == [
+        (start, start + 100, 2) for start in range(0, 500, 100)
+    ]
+    assert [r["closest_median"] for r in rows] == pytest.approx([0.5, 2.5, 4.5, 6.5, 8.5])
+    # Every achieved goal moved (from (e, 0, 0) to (e, 50, 1)) and none is near the zero goal.
+    assert all(r["moved"] == 1.0 and r["success"] == 0.0 for r in rows)
+    assert headings == []
+
+
+def test_contact_starts_a_full_ring_at_its_oldest_episode():
+    contact = _load("contact")
+    replay, *_ = numbered_replay(tiny_reach(200), 6)  # room for 4: episodes 2..5 remain
+    episodes = contact.episodes_oldest_first(replay)
+    assert episodes["closest"] == pytest.approx([2, 3, 4, 5])
+    assert episodes["ended"].tolist() == [150, 200, 250, 300]
+
+
+def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
+    contact = _load("contact")
+    gripper_to_goal = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 4.0]])
+    obs = {ACHIEVED_GOAL: gripper_to_goal, PROPRIOCEPTION: torch.zeros(2, 10)}
+
+    class Heading:
+        def __init__(self, sign):
+            self.sign = sign
+
+        def act(self, obs, deterministic):
+            gripper_action = torch.ones(2, 1)  # the 4th action dimension: not a direction
+            return torch.cat([self.sign * obs[ACHIEVED_GOAL], gripper_action], dim=-1)
+
+    assert contact.heading_to_goal(Heading(+1), obs) == pytest.approx(1.0)
+    assert contact.heading_to_goal(Heading(-1), obs) == pytest.approx(-1.0)
+    # Through the script: an untrained agent acting on the stored states above 0.5 m.
+    _, checkpoint = saved_run
+    _, headings = contact.main(
+        [str(checkpoint), "--policies", str(checkpoint), "--min-height", "0.5"]
+    )
+    assert len(headings) == 1 and -1.0 <= headings[0]["cos"] <= 1.0
