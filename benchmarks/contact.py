@@ -3,23 +3,25 @@
     python benchmarks/contact.py RUN/checkpoints/step_N                  # its newest checkpoint
     python benchmarks/contact.py RUN/checkpoints/step_N --policies OTHER/checkpoints/step_M ...
 
-Push is learned in a known order: the gripper reaches the puck, touches it, and only then
-pushes it to the goal. Success stays flat through the first two, so a flat success curve does
-not say which of them a run is in; its replay does. Per window of `--window` env steps (by the
-transitions committed before each episode ended), over the episodes the replay still holds:
+Push is learned in order: the gripper reaches the puck, touches it, and only then pushes it to
+the goal. Success stays flat through the first two, so a flat success curve does not say which
+of them a run is in; its replay does. Per window of `--window` steps, counted in committed
+transitions (the env steps less any partial episodes a failed worker dropped), over the
+episodes the replay still holds (read memory-mapped, frames never loaded):
 
-- moved > 1 cm: the share of episodes whose achieved goal (the puck) moved more than 1 cm
-  from the episode's first step to its last: episodes where the policy touched it;
+- moved > 1 cm: the share of episodes whose achieved goal (the puck) ended more than 1 cm from
+  where it started: episodes where the policy pushed it;
 - success: the final achieved goal within 5 cm of the desired goal (FetchPush's threshold);
 - closest: the median over episodes of the gripper's closest approach to the achieved goal,
   and the share that came within 6 cm (the puck's centre is ~2.5 cm from its edge).
 
-`--policies` runs each listed checkpoint's deterministic policy on 2,048 of these stored states
-(the achieved goal above `--min-height`, the gripper more than 5 cm from it) and prints the
-mean cosine between the action's xyz and the direction from the gripper to the achieved goal:
-near 0 for a policy that ignores where the puck is, positive for one that heads for it. Any
-checkpoint whose networks read these observations works (a no-pixels control ignores the
-frames), so runs can be compared on the same states.
+`--policies` runs each listed checkpoint's deterministic policy on up to 2,048 of these stored
+states (the achieved goal above `--min-height`, more than 5 cm from the gripper in x-y) and
+prints the mean cosine, in the table's plane, between the action and the direction from the
+gripper to the achieved goal, beside the same against another state's direction: the score of
+a policy that ignores where the puck is. Any checkpoint whose networks read these
+observations works (a no-pixels control ignores the frames), so runs compare on one set of
+states.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixelrl.buffers.replay import EpisodeReplay
+from pixelrl.agents.sac import SAC
+from pixelrl.buffers.replay import read_saved_episodes
 from pixelrl.build import load_saved_replay
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PROPRIO_GRIP_POS, PROPRIOCEPTION
 from pixelrl.policy import load_policy
@@ -38,30 +41,39 @@ from pixelrl.policy import load_policy
 MOVED_M, SUCCESS_M, NEAR_M, FAR_M = 0.01, 0.05, 0.06, 0.05
 
 
-def episodes_oldest_first(replay: EpisodeReplay) -> dict[str, np.ndarray]:
-    """Per stored episode, oldest first: the transitions committed when it ended, how far its
-    achieved goal moved, its final distance to the desired goal and (with proprioception)
-    the gripper's closest approach to the achieved goal, in metres."""
-    n, capacity = replay.num_episodes, replay.capacity
-    order = np.arange(n) if n < capacity else (np.arange(capacity) + replay.next_slot) % capacity
-    lengths = replay.host_lengths[order]
+def episodes_oldest_first(checkpoint: str | Path) -> dict[str, np.ndarray]:
+    """Per episode in a checkpoint's saved replay, oldest first: `ended`, the transitions
+    committed when it ended; `achieved_goal_moved`, how far its achieved goal moved from its
+    first step to its last; `final_distance`, from the desired goal at its end; and, where
+    proprioception is stored, `closest`, the gripper's closest approach to the achieved goal
+    (metres; arrays of (episodes,)). Reads only those fields, memory-mapped."""
+    keys = ["lengths", ACHIEVED_GOAL, DESIRED_GOAL]
+    directory = Path(checkpoint) / "replay"
+    if not (directory / "meta.json").is_file():
+        raise SystemExit(f"{checkpoint} kept no replay: only a run's newest checkpoint has one")
+    if (directory / f"storage.{PROPRIOCEPTION}.npy").is_file():
+        keys.append(PROPRIOCEPTION)
+    meta, stored = read_saved_episodes(directory, keys)
+    if "transitions_committed" not in meta:
+        raise SystemExit(f"{checkpoint}: its replay predates the committed-transition count")
+    n, capacity = meta["num_episodes"], meta["capacity"]
+    if n == 0:
+        raise SystemExit(f"{checkpoint}: the replay holds no complete episode")
+    order = np.arange(n) if n < capacity else (np.arange(capacity) + meta["next_slot"]) % capacity
+    lengths = np.asarray(stored["lengths"])[order]
     # The newest episode ended when the last transition was committed; each older one ended
     # before the transitions of all the episodes after it.
-    ended = replay.transitions_committed - (lengths.sum() - np.cumsum(lengths))
-    goals = replay.storage[ACHIEVED_GOAL][torch.from_numpy(order)].numpy()  # (n, T + 1, G)
-    last = goals[np.arange(n), lengths]
+    ended = meta["transitions_committed"] - (lengths.sum() - np.cumsum(lengths))
+    achieved = np.asarray(stored[ACHIEVED_GOAL])[order]  # (n, T + 1, G)
+    final = achieved[np.arange(n), lengths]
     out = {
         "ended": ended,
-        "moved": np.linalg.norm(last - goals[:, 0], axis=-1),
-        "final_distance": np.linalg.norm(
-            last - replay.storage[DESIRED_GOAL][torch.from_numpy(order)].numpy(), axis=-1
-        ),
+        "achieved_goal_moved": np.linalg.norm(final - achieved[:, 0], axis=-1),
+        "final_distance": np.linalg.norm(final - np.asarray(stored[DESIRED_GOAL])[order], axis=-1),
     }
-    if PROPRIOCEPTION in replay.storage:
-        gripper = replay.storage[PROPRIOCEPTION][torch.from_numpy(order)].numpy()[
-            ..., PROPRIO_GRIP_POS
-        ]
-        distance = np.linalg.norm(gripper - goals, axis=-1)  # (n, T + 1)
+    if PROPRIOCEPTION in stored:
+        gripper = np.asarray(stored[PROPRIOCEPTION])[order][..., PROPRIO_GRIP_POS]
+        distance = np.linalg.norm(gripper - achieved, axis=-1)  # (n, T + 1)
         steps = np.arange(distance.shape[1])
         distance[steps[None, :] > lengths[:, None]] = np.inf  # past an episode's end
         out["closest"] = distance.min(axis=1)
@@ -79,7 +91,7 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
             "from": start,
             "to": start + window,
             "episodes": int(inside.sum()),
-            "moved": float(np.mean(episodes["moved"][inside] > MOVED_M)),
+            "moved": float(np.mean(episodes["achieved_goal_moved"][inside] > MOVED_M)),
             "success": float(np.mean(episodes["final_distance"][inside] < SUCCESS_M)),
         }
         if "closest" in episodes:
@@ -89,13 +101,19 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
     return rows
 
 
-def heading_to_goal(agent, obs: dict[str, torch.Tensor]) -> float:
-    """Mean cosine between the deterministic action's xyz and the gripper -> achieved goal
-    direction on `obs`."""
+def heading_to_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(mean cosine, in the table's plane, between the deterministic action's x-y and the
+    direction from the gripper to the achieved goal; the same against another state's
+    direction, a policy's score for ignoring where the goal is) on `obs`, dict of (B, ...).
+
+    In the plane because the puck lies on the table below the gripper: in 3-D, any action
+    that moves down would point partly toward it."""
     with torch.no_grad():
-        action = agent.act(obs, deterministic=True)[:, :3]
-    direction = obs[ACHIEVED_GOAL] - obs[PROPRIOCEPTION][:, PROPRIO_GRIP_POS]
-    return float(torch.nn.functional.cosine_similarity(action, direction, dim=-1).mean())
+        action = agent.act(obs, deterministic=True)[:, :2]
+    direction = (obs[ACHIEVED_GOAL] - obs[PROPRIOCEPTION][:, PROPRIO_GRIP_POS])[:, :2]
+    shuffled = direction.roll(1, dims=0)
+    cos = torch.nn.functional.cosine_similarity
+    return float(cos(action, direction, dim=-1).mean()), float(cos(action, shuffled, dim=-1).mean())
 
 
 def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
@@ -103,15 +121,14 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
     parser.add_argument("checkpoint", help="a checkpoint directory that kept its replay")
     parser.add_argument("--window", type=int, default=10_000, help="env steps per row")
     parser.add_argument("--policies", nargs="*", default=[], help="checkpoints to act")
-    parser.add_argument("--min-height", type=float, default=0.4, help="metres (the table: 0.42)")
+    parser.add_argument(
+        "--min-height", type=float, default=0.4, help="metres (a puck on the table: 0.42)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     if a.window < 1:
         parser.error(f"--window {a.window}: must be >= 1")
-    replay = load_saved_replay(a.checkpoint)
-    if replay.num_episodes == 0:
-        raise SystemExit(f"{a.checkpoint}: the replay holds no complete episode")
-    episodes = episodes_oldest_first(replay)
+    episodes = episodes_oldest_first(a.checkpoint)
     rows = window_rows(episodes, a.window)
     print("| env steps | episodes | moved > 1 cm | success | closest: median / within 6 cm |")
     print("|---|---|---|---|---|")
@@ -124,22 +141,40 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
 
     headings = []
     if a.policies:
+        replay = load_saved_replay(a.checkpoint)
         if PROPRIOCEPTION not in replay.storage:
             raise SystemExit("--policies: the replay stores no proprioception (gripper)")
-        generator = torch.Generator().manual_seed(a.seed)
-        obs = replay.sample_observations(2048, generator)
+        obs = replay.sample_observations(2048, torch.Generator().manual_seed(a.seed))
         gripper = obs[PROPRIOCEPTION][:, PROPRIO_GRIP_POS]
-        apart = (obs[ACHIEVED_GOAL] - gripper).norm(dim=-1)
+        apart = (obs[ACHIEVED_GOAL] - gripper)[:, :2].norm(dim=-1)
         keep = (obs[ACHIEVED_GOAL][:, 2] >= a.min_height) & (apart > FAR_M)
+        if not keep.any():  # e.g. FetchReach, whose achieved goal is the gripper
+            raise SystemExit(
+                f"--policies: no stored state has the achieved goal above --min-height "
+                f"{a.min_height} and more than {100 * FAR_M:g} cm from the gripper"
+            )
         obs = {key: value[keep] for key, value in obs.items()}
-        print(f"\n{int(keep.sum())} stored states, gripper > {100 * FAR_M:g} cm from the goal")
-        print("| policy | env step | cos(action, gripper -> achieved goal) |")
-        print("|---|---|---|")
+        print(
+            f"\n{int(keep.sum())} stored states: the achieved goal above {a.min_height} m and "
+            f"more than {100 * FAR_M:g} cm from the gripper in x-y"
+        )
+        print("| policy | env step | cos(action, to the achieved goal) | another state's |")
+        print("|---|---|---|---|")
         for checkpoint in a.policies:
             _, policy = load_policy(checkpoint, "cpu")
-            step, cos = policy.checkpoint_step, heading_to_goal(policy.agent, obs)
-            headings.append({"checkpoint": checkpoint, "step": step, "cos": cos})
-            print(f"| {Path(checkpoint).parent.parent} | {step:,} | {cos:+.2f} |")
+            cos, cos_shuffled = heading_to_goal(policy.agent, obs)
+            step = policy.checkpoint_step
+            headings.append(
+                {
+                    "checkpoint": str(policy.checkpoint),
+                    "step": step,
+                    "cos": cos,
+                    "cos_shuffled": cos_shuffled,
+                    "states": int(keep.sum()),
+                }
+            )
+            run = policy.checkpoint.parent.parent
+            print(f"| {run} | {step:,} | {cos:+.2f} | {cos_shuffled:+.2f} |")
     return rows, headings
 
 

@@ -95,11 +95,11 @@ class TrainState:
         self.episode_return = np.zeros(n_envs)  # of the episodes under way
         self.episode_length = np.zeros(n_envs, dtype=np.int64)
         self.recent = {k: collections.deque(maxlen=STATS_WINDOW) for k in _RECENT}
-        # Where each env's achieved goal stood when its episode began. How far it has moved
-        # by the episode's end is rollout/achieved_goal_moved: in Push the puck, and touching
-        # it comes before succeeding (the no-pixels Push control's touch rate climbs some
-        # 25K env steps before its success does, benchmarks/learning.md).
-        self.episode_start_goal: np.ndarray | None = None
+        # (N, G): where each env's achieved goal stood when its episode began. How far it
+        # moved by the episode's end is rollout/achieved_goal_moved: in Push the puck, and in
+        # the no-pixels Push controls the share of episodes that moved it climbs to ~90% some
+        # 20K env steps before success rises (benchmarks/learning.md, "Reach, touch, push").
+        self.episode_start_achieved_goal: np.ndarray | None = None
         self.wall_time = 0.0  # seconds trained before this process
 
     def record(self, step: VecStep) -> None:
@@ -115,18 +115,20 @@ class TrainState:
             self.recent["successes"].append(float(step.is_success[i]))
             self.recent["returns"].append(float(self.episode_return[i]))
             self.recent["lengths"].append(int(self.episode_length[i]))
-            moved = np.linalg.norm(step.next_obs[ACHIEVED_GOAL][i] - self.episode_start_goal[i])
-            self.recent["goal_moved"].append(float(moved))
+            final = step.next_obs[ACHIEVED_GOAL][i]
+            moved = np.linalg.norm(final - self.episode_start_achieved_goal[i])
+            self.recent["achieved_goal_moved"].append(float(moved))
             self.episodes += 1
         self.restart_episodes(step.new_episode, step.to_act_on)
 
     def restart_episodes(self, mask: np.ndarray, obs: dict[str, np.ndarray]) -> None:
-        """The envs in `mask` start an episode at `obs` (host arrays)."""
+        """The envs in `mask` (N,) bool start an episode at `obs` (host arrays of (N, ...))."""
         self.episode_return[mask], self.episode_length[mask] = 0.0, 0
-        if self.episode_start_goal is None:  # the first reset, or a checkpoint saved without
-            # it (the episodes under way are then measured from the resume)
-            self.episode_start_goal = obs[ACHIEVED_GOAL].copy()
-        self.episode_start_goal[mask] = obs[ACHIEVED_GOAL][mask]
+        if self.episode_start_achieved_goal is None:
+            # The first reset, or a checkpoint saved without it: the episodes under way are
+            # then measured from the resume.
+            self.episode_start_achieved_goal = obs[ACHIEVED_GOAL].copy()
+        self.episode_start_achieved_goal[mask] = obs[ACHIEVED_GOAL][mask]
 
     def success_rate(self) -> float | None:
         successes = self.recent["successes"]
@@ -140,8 +142,9 @@ class TrainState:
             "rollout/ep_rew_mean": float(np.mean(self.recent["returns"])),
             "rollout/ep_len_mean": float(np.mean(self.recent["lengths"])),
         }
-        if self.recent["goal_moved"]:  # empty after resuming a checkpoint saved without it
-            scalars["rollout/achieved_goal_moved"] = float(np.mean(self.recent["goal_moved"]))
+        moved = self.recent["achieved_goal_moved"]  # empty after resuming an older checkpoint
+        if moved:
+            scalars["rollout/achieved_goal_moved"] = float(np.mean(moved))
         return scalars
 
     def state_dict(self, elapsed: float = 0.0) -> dict:
@@ -151,9 +154,9 @@ class TrainState:
             "episode_return": torch.from_numpy(self.episode_return.copy()),
             "episode_length": torch.from_numpy(self.episode_length.copy()),
             "recent": {k: list(v) for k, v in self.recent.items()},
-            "episode_start_goal": None
-            if self.episode_start_goal is None
-            else torch.from_numpy(self.episode_start_goal.copy()),
+            "episode_start_achieved_goal": None
+            if self.episode_start_achieved_goal is None
+            else torch.from_numpy(self.episode_start_achieved_goal.copy()),
             "wall_time": self.wall_time + elapsed,
         }
 
@@ -165,13 +168,13 @@ class TrainState:
         for key, values in state["recent"].items():
             self.recent[key].clear()
             self.recent[key].extend(values)
-        start = state.get("episode_start_goal")
-        self.episode_start_goal = None if start is None else start.numpy().copy()
+        start = state.get("episode_start_achieved_goal")
+        self.episode_start_achieved_goal = None if start is None else start.numpy().copy()
         self.wall_time = float(state["wall_time"])
 
 
 _COUNTERS = ("env_step", "vector_step", "n_updates", "episodes")
-_RECENT = ("successes", "returns", "lengths", "goal_moved")
+_RECENT = ("successes", "returns", "lengths", "achieved_goal_moved")
 
 
 class MetricSums:

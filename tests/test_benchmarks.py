@@ -78,10 +78,10 @@ def _load(script: str):
     return module
 
 
-def numbered_replay(cfg: TrainConfig, episodes: int):
-    """A replay of `episodes` episodes whose every entry says which (episode, step) it is:
+def numbered_replay(cfg: TrainConfig, lengths: list[int]):
+    """A replay of len(lengths) episodes whose every entry says which (episode, step) it is:
     frames (episode, step) in channels 0 and 1, achieved goal (episode, step, step / T);
-    proprioception zeros (the gripper at the origin)."""
+    proprioception zeros (the gripper at the origin). An episode shorter than T terminates."""
     spec, obs_space, action_space = describe_env(cfg.env)
     replay = build_replay(cfg, spec, "cpu")
     T = spec.max_episode_steps
@@ -94,14 +94,14 @@ def numbered_replay(cfg: TrainConfig, episodes: int):
         return out
 
     replay.start_episodes(obs(0, 0))
-    for episode in range(episodes):
-        for t in range(T):
-            last = t == T - 1
+    for episode, length in enumerate(lengths):
+        for t in range(length):
+            last = t == length - 1
             replay.add(
                 torch.zeros((1, spec.action_dim)),
                 obs(episode, t + 1),
-                terminated=[False],
-                truncated=[last],
+                terminated=[last and length < T],
+                truncated=[last and length == T],
                 to_act_on=obs(episode + 1, 0) if last else None,
             )
     return replay, spec, obs_space, action_space
@@ -116,9 +116,9 @@ def tiny_reach(buffer_size: int) -> TrainConfig:
 
 @pytest.fixture
 def saved_run(tmp_path):
-    """A checkpoint with an untrained agent and the `numbered_replay` of 10 episodes."""
+    """A checkpoint with an untrained agent and the `numbered_replay` of 10 whole episodes."""
     cfg = tiny_reach(1000)
-    replay, spec, obs_space, action_space = numbered_replay(cfg, 10)
+    replay, spec, obs_space, action_space = numbered_replay(cfg, [50] * 10)
     agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
     meta = {"config": to_dict(cfg)}
     return cfg, save_checkpoint(tmp_path, 500, {"agent": agent.state()}, meta, replay=replay)
@@ -175,17 +175,26 @@ def test_contact_reads_the_episodes_oldest_first_by_the_steps_at_which_they_ende
     assert headings == []
 
 
-def test_contact_starts_a_full_ring_at_its_oldest_episode():
-    contact = _load("contact")
-    replay, *_ = numbered_replay(tiny_reach(200), 6)  # room for 4: episodes 2..5 remain
-    episodes = contact.episodes_oldest_first(replay)
+def test_contact_starts_a_full_ring_at_its_oldest_episode_and_stops_each_at_its_end(tmp_path):
+    """Room for 4 episodes, 6 written: episodes 2..5 remain, the oldest in the ring's second
+    slot. Episode 3 terminates after 30 steps; what its slot holds past that is not its own."""
+    cfg = tiny_reach(200)
+    replay, *_ = numbered_replay(cfg, [50, 50, 50, 30, 50, 50])
+    assert replay.next_slot == 2 and replay.host_lengths[3] == 30
+    replay.storage[ACHIEVED_GOAL][3, 31:] = 0.0  # on the gripper: read, it would be closest
+    checkpoint = save_checkpoint(tmp_path, 280, {}, {"config": to_dict(cfg)}, replay=replay)
+    episodes = _load("contact").episodes_oldest_first(checkpoint)
+    assert episodes["ended"].tolist() == [150, 180, 230, 280]
     assert episodes["closest"] == pytest.approx([2, 3, 4, 5])
-    assert episodes["ended"].tolist() == [150, 200, 250, 300]
+    final = [(2, 50, 1), (3, 30, 0.6), (4, 50, 1), (5, 50, 1)]  # the desired goal: zeros
+    assert episodes["final_distance"] == pytest.approx([math.dist(f, (0, 0, 0)) for f in final])
+    moved = [math.dist(f, (f[0], 0, 0)) for f in final]
+    assert episodes["achieved_goal_moved"] == pytest.approx(moved)
 
 
 def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
     contact = _load("contact")
-    gripper_to_goal = torch.tensor([[0.0, 2.0, 0.0], [3.0, 0.0, 4.0]])
+    gripper_to_goal = torch.tensor([[0.0, 2.0, -1.0], [3.0, 0.0, -1.0]])
     obs = {ACHIEVED_GOAL: gripper_to_goal, PROPRIOCEPTION: torch.zeros(2, 10)}
 
     class Heading:
@@ -196,11 +205,13 @@ def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
             gripper_action = torch.ones(2, 1)  # the 4th action dimension: not a direction
             return torch.cat([self.sign * obs[ACHIEVED_GOAL], gripper_action], dim=-1)
 
-    assert contact.heading_to_goal(Heading(+1), obs) == pytest.approx(1.0)
-    assert contact.heading_to_goal(Heading(-1), obs) == pytest.approx(-1.0)
-    # Through the script: an untrained agent acting on the stored states above 0.5 m.
+    # Against another state's direction the two are at right angles: 0.
+    assert contact.heading_to_goal(Heading(+1), obs) == pytest.approx((1.0, 0.0))
+    assert contact.heading_to_goal(Heading(-1), obs) == pytest.approx((-1.0, 0.0))
+    # Through the script: an untrained agent on the stored states above 0.5 m, which are
+    # those of steps 25..49 of each episode: half of the 2,048 drawn, give or take.
     _, checkpoint = saved_run
-    _, headings = contact.main(
-        [str(checkpoint), "--policies", str(checkpoint), "--min-height", "0.5"]
-    )
-    assert len(headings) == 1 and -1.0 <= headings[0]["cos"] <= 1.0
+    argv = [str(checkpoint), "--policies", str(checkpoint), "--min-height", "0.5"]
+    _, headings = contact.main(argv)
+    assert len(headings) == 1 and 900 < headings[0]["states"] < 1150
+    assert -1.0 <= headings[0]["cos"] <= 1.0

@@ -148,6 +148,15 @@ def _load_array(path: Path, tensor: torch.Tensor) -> None:
         target[start:stop] = torch.from_numpy(np.array(data[start:stop])).to(tensor.device)
 
 
+def read_saved_episodes(directory: str | os.PathLike, keys) -> tuple[dict, dict[str, np.ndarray]]:
+    """The ring's meta.json and, memory-mapped, the stored episodes' fields `keys` ("lengths",
+    observation keys, ...) as `EpisodeReplay.save` wrote them, in ring order: for analyses that
+    read a few fields of a replay too large to rebuild beside a running job."""
+    path = Path(directory)
+    meta = json.loads((path / "meta.json").read_text())
+    return meta, {key: np.load(path / f"storage.{key}.npy", mmap_mode="r") for key in keys}
+
+
 class EpisodeReplay:
     """A ring of whole episodes on one device; see the module docstring."""
 
