@@ -19,9 +19,10 @@ episodes the replay still holds (read memory-mapped, frames never loaded):
 states (the achieved goal above `--min-height`, more than 5 cm from the gripper in x-y) and
 prints the mean cosine, in the table's plane, between the action and the direction from the
 gripper to the achieved goal, beside the same against another state's direction: the score of
-a policy that ignores where the puck is. Any checkpoint whose networks read these
-observations works (a no-pixels control ignores the frames), so runs compare on one set of
-states.
+a policy that ignores where the puck is, and, for a policy that reads the state head's
+estimate of the puck, its heading when it reads the true position instead: whether the
+estimate's error is what holds it back. Any checkpoint whose networks read these observations
+works (a no-pixels control ignores the frames), so runs compare on one set of states.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import read_saved_episodes
 from pixelrl.build import load_saved_replay
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PROPRIO_GRIP_POS, PROPRIOCEPTION
+from pixelrl.nets.encoders import STATE_ESTIMATE
 from pixelrl.policy import load_policy
 
 MOVED_M, SUCCESS_M, NEAR_M, FAR_M = 0.01, 0.05, 0.06, 0.05
@@ -101,19 +103,38 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
     return rows
 
 
-def heading_to_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(mean cosine, in the table's plane, between the deterministic action's x-y and the
-    direction from the gripper to the achieved goal; the same against another state's
-    direction, a policy's score for ignoring where the goal is) on `obs`, dict of (B, ...).
+def actions_with_the_true_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The deterministic actions (B, A) when the actor reads the normalized achieved goal where
+    it reads the state head's estimate of it; None for an agent that reads no estimate."""
+    normalized = agent.normalizer(obs)
+    parts = agent.actor_encoder.parts(normalized)
+    if STATE_ESTIMATE not in parts:
+        return None
+    parts[STATE_ESTIMATE] = normalized[ACHIEVED_GOAL]
+    return agent.actor.deterministic(agent.actor_encoder.join(parts))
+
+
+def heading_to_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> dict[str, float]:
+    """On `obs` (dict of (B, ...)), the mean cosine, in the table's plane, between the
+    deterministic action and the direction from the gripper to the achieved goal (`cos`); the
+    same against another state's direction (`cos_shuffled`, a policy's score for ignoring where
+    the goal is); and for an agent that reads the state head's estimate, `cos` with the true
+    achieved goal in its place (`cos_true_goal`: whether the estimate's error is what it costs).
 
     In the plane because the puck lies on the table below the gripper: in 3-D, any action
     that moves down would point partly toward it."""
+    direction = (obs[ACHIEVED_GOAL] - obs[PROPRIOCEPTION][:, PROPRIO_GRIP_POS])[:, :2]
+    cos = torch.nn.functional.cosine_similarity
     with torch.no_grad():
         action = agent.act(obs, deterministic=True)[:, :2]
-    direction = (obs[ACHIEVED_GOAL] - obs[PROPRIOCEPTION][:, PROPRIO_GRIP_POS])[:, :2]
-    shuffled = direction.roll(1, dims=0)
-    cos = torch.nn.functional.cosine_similarity
-    return float(cos(action, direction, dim=-1).mean()), float(cos(action, shuffled, dim=-1).mean())
+        out = {
+            "cos": float(cos(action, direction, dim=-1).mean()),
+            "cos_shuffled": float(cos(action, direction.roll(1, dims=0), dim=-1).mean()),
+        }
+        true_goal_action = actions_with_the_true_goal(agent, obs)
+    if true_goal_action is not None:
+        out["cos_true_goal"] = float(cos(true_goal_action[:, :2], direction, dim=-1).mean())
+    return out
 
 
 def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
@@ -158,23 +179,22 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
             f"\n{int(keep.sum())} stored states: the achieved goal above {a.min_height} m and "
             f"more than {100 * FAR_M:g} cm from the gripper in x-y"
         )
-        print("| policy | env step | cos(action, to the achieved goal) | another state's |")
-        print("|---|---|---|---|")
+        print("| policy | env step | heading to the goal | another state's | true goal read |")
+        print("|---|---|---|---|---|")
         for checkpoint in a.policies:
             _, policy = load_policy(checkpoint, "cpu")
-            cos, cos_shuffled = heading_to_goal(policy.agent, obs)
+            heading = heading_to_goal(policy.agent, obs)
             step = policy.checkpoint_step
             headings.append(
-                {
-                    "checkpoint": str(policy.checkpoint),
-                    "step": step,
-                    "cos": cos,
-                    "cos_shuffled": cos_shuffled,
-                    "states": int(keep.sum()),
-                }
+                {"checkpoint": str(policy.checkpoint), "step": step, "states": int(keep.sum())}
+                | heading
             )
+            true_goal = f"{heading['cos_true_goal']:+.2f}" if "cos_true_goal" in heading else "-"
             run = policy.checkpoint.parent.parent
-            print(f"| {run} | {step:,} | {cos:+.2f} | {cos_shuffled:+.2f} |")
+            print(
+                f"| {run} | {step:,} | {heading['cos']:+.2f} | {heading['cos_shuffled']:+.2f} "
+                f"| {true_goal} |"
+            )
     return rows, headings
 
 

@@ -16,6 +16,7 @@ from pixelrl.build import build_agent, build_replay, describe_env, load_saved_re
 from pixelrl.checkpoint import save_checkpoint
 from pixelrl.config import ConfigError, EnvConfig, ReplayConfig, TrainConfig, to_dict
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS, PROPRIOCEPTION
+from pixelrl.policy import load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 CALL_LIMIT_S = 600  # one device call, the timeout_s README gives
@@ -206,8 +207,12 @@ def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
             return torch.cat([self.sign * obs[ACHIEVED_GOAL], gripper_action], dim=-1)
 
     # Against another state's direction the two are at right angles: 0.
-    assert contact.heading_to_goal(Heading(+1), obs) == pytest.approx((1.0, 0.0))
-    assert contact.heading_to_goal(Heading(-1), obs) == pytest.approx((-1.0, 0.0))
+    expected = {"cos": 1.0, "cos_shuffled": 0.0}
+    with pytest.MonkeyPatch.context() as patch:  # an agent that reads no state estimate
+        patch.setattr(contact, "actions_with_the_true_goal", lambda agent, obs: None)
+        assert contact.heading_to_goal(Heading(+1), obs) == pytest.approx(expected)
+        expected = {"cos": -1.0, "cos_shuffled": 0.0}
+        assert contact.heading_to_goal(Heading(-1), obs) == pytest.approx(expected)
     # Through the script: an untrained agent on the stored states above 0.5 m, which are
     # those of steps 25..49 of each episode: half of the 2,048 drawn, give or take.
     _, checkpoint = saved_run
@@ -215,3 +220,30 @@ def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
     _, headings = contact.main(argv)
     assert len(headings) == 1 and 900 < headings[0]["states"] < 1150
     assert -1.0 <= headings[0]["cos"] <= 1.0
+    # The recipe's agent reads the state estimate; given the true achieved goal there, its
+    # action differs (an untrained head's estimate is not the goal).
+    assert "cos_true_goal" in headings[0] and headings[0]["cos_true_goal"] != headings[0]["cos"]
+
+
+def test_contact_gives_the_actor_the_true_goal_where_it_reads_the_estimate(saved_run):
+    """With the state head replaced by one that returns the normalized achieved goal exactly,
+    the actions with the true goal are the agent's own actions."""
+    contact = _load("contact")
+    cfg, checkpoint = saved_run
+    _, policy = load_policy(checkpoint, "cpu")
+    agent = policy.agent
+    obs = load_saved_replay(checkpoint).sample_observations(64, torch.Generator().manual_seed(0))
+    normalized_goal = agent.normalizer(obs)[ACHIEVED_GOAL]
+
+    class Oracle(torch.nn.Module):
+        def forward(self, image_features):
+            return normalized_goal
+
+    agent.actor_encoder.state_head = Oracle()
+    with torch.no_grad():
+        own = agent.act(obs, deterministic=True)
+        with_true_goal = contact.actions_with_the_true_goal(agent, obs)
+    assert torch.allclose(own, with_true_goal)
+    agent.actor_encoder.state_head = torch.nn.Linear(64, 3)  # an estimate that is not the goal
+    with torch.no_grad():
+        assert not torch.allclose(agent.act(obs, deterministic=True), with_true_goal)
