@@ -7,7 +7,9 @@ Each repeat draws 512 stored observations, as a run's logging does, and prints t
 the image features (R^2 / median error) and the state head's estimate (R^2 / median error),
 first over all of them, then over those above the height. R^2 pools squared errors, so a few
 pucks pushed off the table (tens of centimetres below it) can decide it while the median
-error does not move; this separates the two.
+error does not move; this separates the two. Then the state head's estimate by the gripper's
+distance from the achieved goal, and where the achieved goal moved in the step before: an
+estimate that lags behind a moving puck is closer to where it was than to where it is.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pixelrl.trainer import DIAGNOSTIC_SAMPLES
 DISTANCE_BINS_CM = (0, 5, 10, 20, math.inf)
 
 
-def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
+def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict], dict | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="a checkpoint directory that kept its replay")
     parser.add_argument("--min-height", type=float, default=0.4, help="metres (the table: 0.42)")
@@ -64,7 +66,44 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
                 f"| {row.get('probe/state_estimate_r2', float('nan')):.3f} / "
                 f"{row.get('probe/state_estimate_median_error_cm', float('nan')):.2f} cm |"
             )
-    return rows, error_by_distance(errors, distances, a.min_height)
+    bins = error_by_distance(errors, distances, a.min_height)
+    moving = None
+    if agent.critic_encoder.state_head is not None:
+        moving = error_while_moving(agent, replay, generator)
+    return rows, bins, moving
+
+
+def error_while_moving(agent, replay, generator, samples=4096, moved_cm=0.5) -> dict | None:
+    """Print and return the estimate's median error (cm) at stored steps where the achieved
+    goal moved more than `moved_cm` since the step before, against where it is now and where
+    it was a step before, and at steps where it did not move.
+
+    In Push the puck is still in most stored steps, so an estimate that reads the whole frame
+    stack instead of its newest frame is rarely wrong for it; where the puck moves, such an
+    estimate lags, which this shows as a smaller error against the step before."""
+    episode, t = replay.sample_indices(samples, generator)
+    episode, t = episode[t > 0], t[t > 0]
+    now = replay.storage[ACHIEVED_GOAL][episode, t]
+    before = replay.storage[ACHIEVED_GOAL][episode, t - 1]
+    moved = (now - before).norm(dim=-1) * 100 > moved_cm
+    if not moved.any():
+        return None
+    estimate = agent.estimate_achieved_goal(replay.observations_at(episode, t))
+    out = {
+        "moved_samples": int(moved.sum()),
+        "samples": len(t),
+        "moved_error_now_cm": float((estimate - now)[moved].norm(dim=-1).median() * 100),
+        "moved_error_before_cm": float((estimate - before)[moved].norm(dim=-1).median() * 100),
+        "still_error_cm": float((estimate - now)[~moved].norm(dim=-1).median() * 100),
+    }
+    print(
+        f"\nWhere the achieved goal moved more than {moved_cm} cm in the step before "
+        f"({out['moved_samples']} of {out['samples']} stored steps), the estimate's median "
+        f"error is {out['moved_error_now_cm']:.2f} cm from where it is and "
+        f"{out['moved_error_before_cm']:.2f} cm from where it was a step before; where it did "
+        f"not move, {out['still_error_cm']:.2f} cm."
+    )
+    return out
 
 
 def error_by_distance(errors: list, distances: list, min_height: float) -> list[dict]:

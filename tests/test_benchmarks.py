@@ -151,7 +151,7 @@ def test_probe_splits_the_samples_by_height(saved_run):
     """benchmarks/probe.py: the second row of each repeat holds exactly the samples whose
     achieved goal is at least --min-height high, the first row all of them."""
     _, checkpoint = saved_run
-    rows, bins = _load("probe").main([str(checkpoint), "--min-height", "0.5", "--repeats", "2"])
+    rows, bins, _ = _load("probe").main([str(checkpoint), "--min-height", "0.5", "--repeats", "2"])
     assert len(rows) == 4 and all(row["samples"] == 512 for row in rows[::2])
     # Heights are step / 50 for steps 0..49 drawn uniformly: about half are >= 0.5.
     assert all(200 < row["samples"] < 312 for row in rows[1::2])
@@ -247,3 +247,22 @@ def test_contact_gives_the_actor_the_true_goal_where_it_reads_the_estimate(saved
     agent.actor_encoder.state_head = torch.nn.Linear(64, 3)  # an estimate that is not the goal
     with torch.no_grad():
         assert not torch.allclose(agent.act(obs, deterministic=True), with_true_goal)
+
+
+def test_probe_tells_an_estimate_that_lags_one_step(saved_run):
+    """An estimate that returns the achieved goal of the step before: 0 cm from where it was,
+    and |(0, 1, 1/50)| m from where it is (the numbered replay moves it every step)."""
+    probe = _load("probe")
+    cfg, checkpoint = saved_run
+    replay = load_saved_replay(checkpoint)
+    _, policy = load_policy(checkpoint, "cpu")
+
+    def lagging_estimate(obs):
+        episode, step = obs[PIXELS][:, -3, 0, 0].long(), obs[PIXELS][:, -2, 0, 0].long()
+        return replay.storage[ACHIEVED_GOAL][episode % replay.capacity, step - 1]
+
+    policy.agent.estimate_achieved_goal = lagging_estimate
+    out = probe.error_while_moving(policy.agent, replay, torch.Generator().manual_seed(0))
+    assert out["moved_samples"] == out["samples"] > 3800  # every step moves; step 0 is skipped
+    assert out["moved_error_before_cm"] == 0.0
+    assert out["moved_error_now_cm"] == pytest.approx(100 * math.hypot(1, 1 / 50))

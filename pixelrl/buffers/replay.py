@@ -413,7 +413,11 @@ class EpisodeReplay:
         """Stored observations as they were (no HER, no DrQ) for diagnostics: dict of
         (B, ...) with pixels stacked uint8 (B, 3k, H, W). Draws from `generator`, so that
         diagnostics leave the training batches as they would have been."""
-        episode, t = self.sample_indices(batch_size, generator)
+        return self.observations_at(*self.sample_indices(batch_size, generator))
+
+    def observations_at(self, episode: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The stored observations at steps `t` of episodes `episode` (ring slots), (B,) each,
+        as `sample_observations` returns them."""
         obs = {key: self.storage[key][episode, t] for key in self.vector_keys}
         obs[DESIRED_GOAL] = self.storage[DESIRED_GOAL][episode]
         if self.has_pixels:
