@@ -22,7 +22,8 @@ gripper to the achieved goal, beside the same against another state's direction:
 a policy that ignores where the puck is, and, for a policy that reads the state head's
 estimate of the puck, its heading when it reads the true position instead: whether the
 estimate's error is what holds it back. Any checkpoint whose networks read these observations
-works (a no-pixels control ignores the frames), so runs compare on one set of states.
+works (a no-pixels control ignores the frames, a policy that stacks fewer frames reads the
+newest), so runs compare on one set of states.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import read_saved_episodes
 from pixelrl.build import load_saved_replay
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PROPRIO_GRIP_POS, PROPRIOCEPTION
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIO_GRIP_POS, PROPRIOCEPTION
 from pixelrl.nets.encoders import STATE_ESTIMATE
 from pixelrl.policy import load_policy
 
@@ -114,6 +115,20 @@ def actions_with_the_true_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> torc
     return agent.actor.deterministic(agent.actor_encoder.join(parts))
 
 
+def newest_frames(obs: dict[str, torch.Tensor], frame_stack: int) -> dict[str, torch.Tensor]:
+    """`obs` with its frame stacks (B, 3k, H, W), newest frame last, cut to the newest
+    `frame_stack` frames: what a policy that stacks fewer frames than the run reads."""
+    if PIXELS not in obs:
+        return obs
+    channels = 3 * frame_stack
+    if channels > obs[PIXELS].shape[1]:
+        raise SystemExit(
+            f"--policies: a policy stacks {frame_stack} frames, the replay's stacks hold "
+            f"{obs[PIXELS].shape[1] // 3}"
+        )
+    return obs | {PIXELS: obs[PIXELS][:, -channels:]}
+
+
 def heading_to_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> dict[str, float]:
     """On `obs` (dict of (B, ...)), the mean cosine, in the table's plane, between the
     deterministic action and the direction from the gripper to the achieved goal (`cos`); the
@@ -182,8 +197,8 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
         print("| policy | env step | heading to the goal | another state's | true goal read |")
         print("|---|---|---|---|---|")
         for checkpoint in a.policies:
-            _, policy = load_policy(checkpoint, "cpu")
-            heading = heading_to_goal(policy.agent, obs)
+            policy_cfg, policy = load_policy(checkpoint, "cpu")
+            heading = heading_to_goal(policy.agent, newest_frames(obs, policy_cfg.env.frame_stack))
             step = policy.checkpoint_step
             headings.append(
                 {"checkpoint": str(policy.checkpoint), "step": step, "states": int(keep.sum())}

@@ -266,3 +266,14 @@ def test_probe_tells_an_estimate_that_lags_one_step(saved_run):
     assert out["moved_samples"] == out["samples"] > 3800  # every step moves; step 0 is skipped
     assert out["moved_error_before_cm"] == 0.0
     assert out["moved_error_now_cm"] == pytest.approx(100 * math.hypot(1, 1 / 50))
+
+
+def test_contact_hands_a_policy_that_stacks_fewer_frames_the_newest():
+    contact = _load("contact")
+    frames = torch.arange(4).repeat_interleave(3).view(1, 12, 1, 1).expand(2, 12, 2, 2)
+    obs = {PIXELS: frames, ACHIEVED_GOAL: torch.zeros(2, 3)}
+    newest = contact.newest_frames(obs, 1)[PIXELS]
+    assert newest.shape == (2, 3, 2, 2) and bool((newest == 3).all())
+    assert torch.equal(contact.newest_frames(obs, 4)[PIXELS], frames)
+    with pytest.raises(SystemExit, match="stacks 5 frames"):
+        contact.newest_frames(obs, 5)
