@@ -1,6 +1,7 @@
 """benchmarks/gpu_run.sh: its plan fits one device call, and its whole path runs on the CPU in
 smoke mode (the GPU window's script, in minutes); benchmarks/localize.py reads a saved replay
-as training does, and benchmarks/probe.py splits its samples by height."""
+as training does, benchmarks/probe.py splits its samples by height and tells a lagging
+estimate, and benchmarks/contact.py reads stored episodes oldest first and scores headings."""
 
 import importlib.util
 import math
@@ -229,7 +230,7 @@ def test_contact_gives_the_actor_the_true_goal_where_it_reads_the_estimate(saved
     """With the state head replaced by one that returns the normalized achieved goal exactly,
     the actions with the true goal are the agent's own actions."""
     contact = _load("contact")
-    cfg, checkpoint = saved_run
+    _, checkpoint = saved_run
     _, policy = load_policy(checkpoint, "cpu")
     agent = policy.agent
     obs = load_saved_replay(checkpoint).sample_observations(64, torch.Generator().manual_seed(0))
@@ -253,7 +254,7 @@ def test_probe_tells_an_estimate_that_lags_one_step(saved_run):
     """An estimate that returns the achieved goal of the step before: 0 cm from where it was,
     and |(0, 1, 1/50)| m from where it is (the numbered replay moves it every step)."""
     probe = _load("probe")
-    cfg, checkpoint = saved_run
+    _, checkpoint = saved_run
     replay = load_saved_replay(checkpoint)
     _, policy = load_policy(checkpoint, "cpu")
 
