@@ -201,6 +201,12 @@ class SACConfig:
     encoder, and its features of the same image differ), split (target for the target Q,
     online for the next action: SB3). With --encoder-grad separate the next action reads the
     actor's own encoder in all three."""
+    privileged_critic: bool = False
+    """The critic reads the true achieved goal (the simulator's position of the gripper in
+    Reach, of the object in Push, normalized; the replay stores it for HER) where the actor
+    reads the state head's estimate of it: an asymmetric actor-critic (Pinto et al. 2018).
+    Training time only: acting, eval and load_policy use the actor, which never reads it.
+    Pixels with --state-estimate append or only."""
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1
@@ -370,6 +376,12 @@ def validate(cfg: TrainConfig) -> None:
                 f"--state-estimate {n.state_estimate} (the default is only) reads the state "
                 "head, which --aux-coef > 0 trains; with --aux-coef 0 pass --state-estimate off"
             )
+    if s.privileged_critic and (cfg.env.obs_mode != "pixels" or n.state_estimate == "off"):
+        raise ConfigError(
+            "--privileged-critic gives the critic the true achieved goal in place of the state "
+            f"estimate: it needs pixels and --state-estimate append or only (here: "
+            f"{cfg.env.obs_mode} mode, --state-estimate {n.state_estimate})"
+        )
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
     if n.obs_norm_clip <= 0:

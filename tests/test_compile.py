@@ -32,20 +32,27 @@ def small_batch(seed: int, b: int = 8) -> Batch:
     return Batch(obs(), action, reward, obs(), torch.zeros(b))
 
 
-def agent(routing: str, compile: bool, recipe: bool) -> SAC:
+def agent(routing: str, compile: bool, recipe: bool, privileged: bool = False) -> SAC:
     """recipe: pixelrl's defaults (keypoints normalized across the data, the auxiliary loss,
     the heads reading the state estimate); else the image features as the heads' input with
     the LayerNorm trunk and no auxiliary loss, where every routing's gradient reaches the
-    encoder through the RL losses."""
+    encoder through the RL losses. privileged: the recipe with --privileged-critic, the
+    achieved goal left to the image (--goal-mode desired)."""
     torch.manual_seed(0)
     net = NetworkConfig(hidden_sizes=(64, 64))
-    sac = dict(encoder_grad=routing, ent_coef="auto", learning_rate=LEARNING_RATE)
+    sac = dict(
+        encoder_grad=routing,
+        ent_coef="auto",
+        learning_rate=LEARNING_RATE,
+        privileged_critic=privileged,
+    )
+    keys = [key for key in SHAPES if not (privileged and key == ACHIEVED_GOAL)]
     if not recipe:
         net = NetworkConfig(hidden_sizes=(64, 64), keypoint_trunk="layernorm", state_estimate="off")
         sac["aux_coef"] = 0.0
     return SAC(
         SHAPES,
-        list(SHAPES),
+        keys,
         [-1.0] * 4,
         [1.0] * 4,
         net,
@@ -56,11 +63,18 @@ def agent(routing: str, compile: bool, recipe: bool) -> SAC:
 
 
 @pytest.mark.parametrize(
-    "routing, recipe",
-    [("critic", False), ("actor", False), ("separate", False), ("critic", True)],
+    "routing, recipe, privileged",
+    [
+        ("critic", False, False),
+        ("actor", False, False),
+        ("separate", False, False),
+        ("critic", True, False),
+        ("critic", True, True),
+    ],
 )
-def test_compiled_update_matches_eager(routing, recipe):
-    eager, compiled = agent(routing, False, recipe), agent(routing, True, recipe)
+def test_compiled_update_matches_eager(routing, recipe, privileged):
+    eager = agent(routing, False, recipe, privileged)
+    compiled = agent(routing, True, recipe, privileged)
     # The running keypoint normalization divides by stds down to 1e-3: float rounding that
     # differs between compiled and eager kernels grows by up to that factor (observed: 1e-4
     # relative in the losses).

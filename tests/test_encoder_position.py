@@ -2,10 +2,13 @@
 loss, and the diagnostics that judge them (pixelrl.nets.encoders, pixelrl.agents.sac,
 pixelrl.diagnostics)."""
 
+import dataclasses
+
 import pytest
 import torch
 from test_sac import KEYS, SHAPES, make_agent, random_batch, random_obs
 
+from pixelrl.agents.sac import SAC
 from pixelrl.config import ConfigError, EnvConfig, NetworkConfig, SACConfig, TrainConfig, validate
 from pixelrl.diagnostics import linear_probe, r_squared, spread_across_batch
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
@@ -211,6 +214,88 @@ def test_estimate_only_replaces_the_image_features_and_only_the_aux_loss_trains_
     metrics = agent.update(random_batch())  # the aux loss trains it
     assert metrics["aux_loss"] > 0
     assert encoder.image.net[0].convs[0].weight.grad.abs().sum() > 0
+
+
+GOAL_FROM_PIXELS = [PIXELS, PROPRIOCEPTION, DESIRED_GOAL]  # --goal-mode desired
+
+
+def _agent(privileged=True, state_estimate="only", keys=GOAL_FROM_PIXELS):
+    """The recipe with the achieved goal left to the image; the normalization statistics are
+    those of the first batch (frozen after it), so that a changed batch changes only what
+    reads it."""
+    torch.manual_seed(0)
+    net = NetworkConfig(state_estimate=state_estimate, obs_norm_freeze_after=1)
+    sac = SACConfig(aux_coef=1.0, privileged_critic=privileged)
+    return SAC(SHAPES, keys, [-1.0] * 4, [1.0] * 4, net, sac)
+
+
+def _with_achieved_goal(batch, obs_goal=None, next_goal=None):
+    """The batch with the achieved goal of obs and/or next obs replaced; nothing else."""
+    obs, next_obs = dict(batch.obs), dict(batch.next_obs)
+    if obs_goal is not None:
+        obs[ACHIEVED_GOAL] = obs_goal
+    if next_goal is not None:
+        next_obs[ACHIEVED_GOAL] = next_goal
+    return dataclasses.replace(batch, obs=obs, next_obs=next_obs)
+
+
+@pytest.mark.parametrize("state_estimate", ["only", "append"])
+@pytest.mark.parametrize("privileged", [False, True])
+def test_privileged_critic_reads_the_true_achieved_goal_and_the_actor_the_estimate(
+    state_estimate, privileged
+):
+    """Q of obs depends on obs' achieved goal, and the target on next obs', exactly when the
+    critic is privileged; the actor's actions never do. obs' achieved goal is also the
+    auxiliary loss's target, so Q is compared on the first update, before any step moved the
+    heads; the target is read through the critic loss, where next obs' achieved goal is read
+    by nothing else."""
+    batch = random_batch(16, seed=3)
+    moved = torch.rand(16, 3, generator=torch.Generator().manual_seed(9)) + 2.0
+
+    def update(changed_batch):
+        agent = _agent(privileged, state_estimate)
+        agent.normalizer.update(batch.obs)  # the statistics of the unchanged batch, frozen
+        torch.manual_seed(0)
+        return agent.update(changed_batch), agent
+
+    base, agent = update(batch)
+    q_moved, _ = update(_with_achieved_goal(batch, obs_goal=moved))
+    target_moved, _ = update(_with_achieved_goal(batch, next_goal=moved))
+    q_differs = not torch.equal(base["q_mean"], q_moved["q_mean"])
+    target_differs = not torch.equal(base["critic_loss"], target_moved["critic_loss"])
+    assert (q_differs, target_differs) == (privileged, privileged)
+    # Acting reads no achieved goal: the actor's input is the estimate, privileged or not.
+    obs = random_obs(5, torch.Generator().manual_seed(4))
+    actions = agent.act({k: v for k, v in obs.items() if k != ACHIEVED_GOAL}, deterministic=True)
+    assert actions.shape == (5, 4)
+    assert agent.actor_encoder.inputs[-1] == STATE_ESTIMATE
+
+
+def test_privileged_critic_puts_the_normalized_goal_where_the_estimate_was():
+    agent = _agent()
+    batch = random_batch(6, seed=5)
+    obs = agent.normalizer(batch.obs)
+    parts = agent.critic_encoder.parts(obs)
+    view = agent._critic_view(parts, obs)
+    assert list(view) == list(parts)  # the same parts in the same order: the same join
+    torch.testing.assert_close(view[STATE_ESTIMATE], obs[ACHIEVED_GOAL])
+    assert not torch.equal(parts[STATE_ESTIMATE], obs[ACHIEVED_GOAL])
+    assert agent.critic_encoder.join(view).shape[-1] == agent.critic_encoder.features_dim
+
+
+def test_privileged_critic_needs_the_estimate_and_pixels():
+    with pytest.raises(ValueError, match="--privileged-critic"):
+        _agent(state_estimate="off")
+    with pytest.raises(ConfigError, match="--privileged-critic.*--state-estimate off"):
+        validate(
+            TrainConfig(
+                network=NetworkConfig(state_estimate="off"),
+                sac=SACConfig(aux_coef=1.0, privileged_critic=True),
+            )
+        )
+    with pytest.raises(ConfigError, match="--privileged-critic.*no-pixels"):
+        validate(TrainConfig(env=EnvConfig(no_pixels=True), sac=SACConfig(privileged_critic=True)))
+    validate(TrainConfig(sac=SACConfig(privileged_critic=True)))  # the recipe's defaults
 
 
 def test_early_runs_boolean_state_estimate_reads_as_append():

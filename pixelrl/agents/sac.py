@@ -37,6 +37,12 @@ with `actor`, each encoder's own with `separate`), so it trains the encoder whic
 is chosen. Acting never reads the achieved goal; with `--state-estimate` it reads the head's
 estimate of it instead, detached.
 
+The privileged critic (`--privileged-critic`, off by default): the critic, online and target,
+reads the true normalized achieved goal where the actor reads the estimate (an asymmetric
+actor-critic, Pinto et al. 2018, arXiv:1710.06542). The critic exists only to train the
+actor, so it may read what the simulator knows; the actor, all that acting needs, reads only
+what a camera gives. `_critic_view` is its code.
+
 Vector inputs are normalized before any encoder sees them (`pixelrl.nets.normalize`): the
 statistics are updated from each sampled batch, then obs and next obs are scaled with the same
 statistics, as they are when acting.
@@ -60,7 +66,7 @@ from pixelrl.buffers.replay import Batch
 from pixelrl.config import NetworkConfig, SACConfig, parse_ent_coef
 from pixelrl.diagnostics import linear_probe, r_squared, spread_across_batch
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
-from pixelrl.nets.encoders import ObservationEncoder
+from pixelrl.nets.encoders import STATE_ESTIMATE, ObservationEncoder
 from pixelrl.nets.heads import SquashedGaussianActor, TwinQ
 from pixelrl.nets.normalize import ObservationNormalizer
 
@@ -118,6 +124,7 @@ class SAC(nn.Module):
         if self.aux and not net_cfg.normalize_obs:
             raise ValueError("--aux-coef > 0 regresses the normalized achieved goal")
         state_head_dim = obs_shapes[ACHIEVED_GOAL][-1] if self.aux else 0
+        self.privileged_critic = cfg.privileged_critic
 
         # Inputs: vectors normalized with running statistics (buffers, saved with the weights).
         # The achieved goal is normalized even where the networks do not read it: it is the
@@ -140,6 +147,11 @@ class SAC(nn.Module):
         else:
             self.actor_encoder = self.critic_encoder
         features_dim = self.critic_encoder.features_dim
+        if self.privileged_critic and STATE_ESTIMATE not in self.critic_encoder.inputs:
+            raise ValueError(
+                "--privileged-critic puts the true achieved goal in the state estimate's place: "
+                "it needs pixels, --aux-coef > 0 and --state-estimate append or only"
+            )
         self.actor = SquashedGaussianActor(
             features_dim, action_dim, hidden, action_low, action_high
         )
@@ -212,20 +224,28 @@ class SAC(nn.Module):
 
     def _encode(self, obs, next_obs):
         """Parts of obs for the critic (with gradient when the critic owns the encoder), and
-        features of next obs for the target Q and the next action (without gradient), as the
-        module docstring's table says. Only obs updates the encoder's running statistics."""
+        parts of next obs for the target Q and for the next action (without gradient), as
+        the module docstring's table says. Only obs updates the encoder's running
+        statistics."""
         with torch.set_grad_enabled(self.routing != "actor"):  # `actor`: the critic reads
             critic_parts = self.critic_encoder.parts(obs, update_stats=True)  # without gradient
         with torch.no_grad():
             if self.cfg.next_obs_encoder == "online":
-                next_features = self.critic_encoder(next_obs)
+                next_parts = self.critic_encoder.parts(next_obs)
             else:
-                next_features = self.target_encoder(next_obs)
+                next_parts = self.target_encoder.parts(next_obs)
             if self.routing == "separate" or self.cfg.next_obs_encoder == "split":
-                next_actor_features = self.actor_encoder(next_obs)
-            else:  # shared encoders: the features above are the actor's too
-                next_actor_features = next_features
-        return critic_parts, next_features, next_actor_features
+                next_actor_parts = self.actor_encoder.parts(next_obs)
+            else:  # shared encoders: the parts above are the actor's too
+                next_actor_parts = next_parts
+        return critic_parts, next_parts, next_actor_parts
+
+    def _critic_view(self, parts, obs):
+        """The parts the critic reads of a batch (normalized obs): its encoder's, or with
+        --privileged-critic the true achieved goal in the state estimate's place."""
+        if not self.privileged_critic:
+            return parts
+        return {**parts, STATE_ESTIMATE: obs[ACHIEVED_GOAL]}
 
     def _actor_parts(self, obs, critic_parts):
         """Parts of obs for the actor step: the critic's, detached, when the critic owns the
@@ -263,8 +283,10 @@ class SAC(nn.Module):
         obs_goal = obs[ACHIEVED_GOAL] if self.aux else None  # the auxiliary loss's target
 
         with self._autocast():
-            critic_parts, next_features, next_actor_features = self._encode(obs, next_obs)
-            critic_features = self.critic_encoder.join(critic_parts)
+            critic_parts, next_parts, next_actor_parts = self._encode(obs, next_obs)
+            critic_features = self.critic_encoder.join(self._critic_view(critic_parts, obs))
+            next_features = self.critic_encoder.join(self._critic_view(next_parts, next_obs))
+            next_actor_features = self.actor_encoder.join(next_actor_parts)
 
             # Critic target: r + gamma (1 - terminated) (min Q_target(s', a') - alpha log pi(a'|s'))
             with torch.no_grad():

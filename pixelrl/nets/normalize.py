@@ -131,11 +131,15 @@ class ObservationNormalizer(nn.Module):
         return stats.mean.to(torch.float32), stats.std.clamp_min(self.min_std).to(torch.float32)
 
     def forward(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A new dict: vectors (x - mean) / max(std, min_std), clipped; other keys as given."""
+        """A new dict: vectors (x - mean) / max(std, min_std), clipped; other keys as given.
+        A key `obs` lacks is left out: the achieved goal, where it is only the auxiliary
+        loss's target, need not be there when acting."""
         out = dict(obs)
         for group, group_keys in self.groups.items():
             mean, std = self._scale(group)
             for key in group_keys:
+                if key not in obs:
+                    continue
                 normalized = (obs[key].to(torch.float32) - mean) / std
                 out[key] = normalized.clamp(-self.clip, self.clip)
         return out
