@@ -206,7 +206,7 @@ class SACConfig:
     Reach, of the object in Push, normalized; the replay stores it for HER) where the actor
     reads the state head's estimate of it: an asymmetric actor-critic (Pinto et al. 2018).
     Training time only: acting, eval and load_policy use the actor, which never reads it.
-    Pixels with --state-estimate append or only."""
+    Pixels with --state-estimate append or only, and --goal-mode desired or none."""
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1
@@ -381,6 +381,12 @@ def validate(cfg: TrainConfig) -> None:
             "--privileged-critic gives the critic the true achieved goal in place of the state "
             f"estimate: it needs pixels and --state-estimate append or only (here: "
             f"{cfg.env.obs_mode} mode, --state-estimate {n.state_estimate})"
+        )
+    if s.privileged_critic and cfg.env.goal_mode == "both":
+        raise ConfigError(
+            "--privileged-critic keeps the true achieved goal from the actor, but --goal-mode "
+            "both (the default) makes it an input of both networks: use --goal-mode desired or "
+            "none"
         )
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")

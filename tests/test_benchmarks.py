@@ -4,10 +4,12 @@ as training does, benchmarks/probe.py splits its samples by height and tells a l
 estimate, and benchmarks/contact.py reads stored episodes oldest first and scores headings."""
 
 import importlib.util
+import json
 import math
 import os
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -69,7 +71,11 @@ def test_gpu_run_goes_end_to_end_in_smoke_mode_and_leaves_at_most_8_files(tmp_pa
     evals = (out / "push.md").read_text().splitlines()
     assert len(evals) >= 3 and evals[2].startswith("| step_")
     assert (out / "push_curves.png").stat().st_size > 10_000  # the plot refuses empty runs
-    assert (out / "logs.tar.gz").stat().st_size > 0
+    with tarfile.open(out / "logs.tar.gz") as logs:  # the Push run was the measured command
+        member = next(m for m in logs.getmembers() if m.name.endswith("push_config.json"))
+        push_config = json.load(logs.extractfile(member))
+    assert push_config["env"]["goal_mode"] == "desired" and push_config["env"]["frame_stack"] == 1
+    assert push_config["sac"]["privileged_critic"] is True
     assert "failed (" not in result.stdout  # (a stage stopped at its cap keeps what it had)
 
 

@@ -219,13 +219,13 @@ def test_estimate_only_replaces_the_image_features_and_only_the_aux_loss_trains_
 GOAL_FROM_PIXELS = [PIXELS, PROPRIOCEPTION, DESIRED_GOAL]  # --goal-mode desired
 
 
-def _agent(privileged=True, state_estimate="only", keys=GOAL_FROM_PIXELS):
+def _agent(privileged=True, state_estimate="only", keys=GOAL_FROM_PIXELS, **sac):
     """The recipe with the achieved goal left to the image; the normalization statistics are
     those of the first batch (frozen after it), so that a changed batch changes only what
     reads it."""
     torch.manual_seed(0)
     net = NetworkConfig(state_estimate=state_estimate, obs_norm_freeze_after=1)
-    sac = SACConfig(aux_coef=1.0, privileged_critic=privileged)
+    sac = SACConfig(aux_coef=1.0, privileged_critic=privileged, **sac)
     return SAC(SHAPES, keys, [-1.0] * 4, [1.0] * 4, net, sac)
 
 
@@ -245,12 +245,12 @@ def test_privileged_critic_reads_the_true_achieved_goal_and_the_actor_the_estima
     state_estimate, privileged
 ):
     """Q of obs depends on obs' achieved goal, and the target on next obs', exactly when the
-    critic is privileged; the actor's actions never do. obs' achieved goal is also the
+    critic is privileged. obs' achieved goal is also the
     auxiliary loss's target, so Q is compared on the first update, before any step moved the
     heads; the target is read through the critic loss, where next obs' achieved goal is read
     by nothing else."""
     batch = random_batch(16, seed=3)
-    moved = torch.rand(16, 3, generator=torch.Generator().manual_seed(9)) + 2.0
+    moved = torch.rand(16, 3, generator=torch.Generator().manual_seed(9)) + 0.5
 
     def update(changed_batch):
         agent = _agent(privileged, state_estimate)
@@ -258,17 +258,47 @@ def test_privileged_critic_reads_the_true_achieved_goal_and_the_actor_the_estima
         torch.manual_seed(0)
         return agent.update(changed_batch), agent
 
-    base, agent = update(batch)
+    base, _ = update(batch)
     q_moved, _ = update(_with_achieved_goal(batch, obs_goal=moved))
     target_moved, _ = update(_with_achieved_goal(batch, next_goal=moved))
     q_differs = not torch.equal(base["q_mean"], q_moved["q_mean"])
     target_differs = not torch.equal(base["critic_loss"], target_moved["critic_loss"])
     assert (q_differs, target_differs) == (privileged, privileged)
-    # Acting reads no achieved goal: the actor's input is the estimate, privileged or not.
+
+
+@pytest.mark.parametrize("routing", ["critic", "actor", "separate"])
+@pytest.mark.parametrize("next_obs_encoder", ["online", "target", "split"])
+def test_every_critic_call_reads_the_true_goal_and_every_actor_call_the_estimate(
+    routing, next_obs_encoder
+):
+    """The estimate's slot (the last 3 inputs) of each call of each head in one update and one
+    act: Q in the critic step and in the actor step read obs' true achieved goal, the target Q
+    next obs'; the next action, the actor step and acting read the state head's estimate."""
+    agent = _agent(encoder_grad=routing, next_obs_encoder=next_obs_encoder)
+    seen = {"critic": [], "target_critic": [], "actor": []}
+    for name, calls in seen.items():
+        getattr(agent, name).register_forward_pre_hook(
+            lambda module, args, _calls=calls: _calls.append(args[0][:, -3:].detach().clone())
+        )
+    batch = random_batch(16, seed=3)
+    agent.normalizer.update(batch.obs)  # frozen after it: the update scales as here
+    goal = agent.normalizer(batch.obs)[ACHIEVED_GOAL]
+    next_goal = agent.normalizer(batch.next_obs)[ACHIEVED_GOAL]
+    agent.update(batch)
+    assert len(seen["critic"]) == 2 and len(seen["target_critic"]) == 1
+    for read in seen["critic"]:
+        torch.testing.assert_close(read, goal, rtol=0, atol=0)
+    torch.testing.assert_close(seen["target_critic"][0], next_goal, rtol=0, atol=0)
+    assert len(seen["actor"]) == 2  # the next action, the actor step
+    for read in seen["actor"]:
+        assert not torch.isclose(read, goal).any() and not torch.isclose(read, next_goal).any()
+    # Acting reads no achieved goal: the actor reads the estimate, from the image alone.
     obs = random_obs(5, torch.Generator().manual_seed(4))
-    actions = agent.act({k: v for k, v in obs.items() if k != ACHIEVED_GOAL}, deterministic=True)
-    assert actions.shape == (5, 4)
-    assert agent.actor_encoder.inputs[-1] == STATE_ESTIMATE
+    del obs[ACHIEVED_GOAL]
+    assert agent.act(obs, deterministic=True).shape == (5, 4)
+    encoder = agent.actor_encoder
+    estimate = encoder.state_head(encoder.parts(agent.normalizer(obs))[PIXELS])
+    torch.testing.assert_close(seen["actor"][-1], estimate)
 
 
 def test_privileged_critic_puts_the_normalized_goal_where_the_estimate_was():
@@ -295,7 +325,12 @@ def test_privileged_critic_needs_the_estimate_and_pixels():
         )
     with pytest.raises(ConfigError, match="--privileged-critic.*no-pixels"):
         validate(TrainConfig(env=EnvConfig(no_pixels=True), sac=SACConfig(privileged_critic=True)))
-    validate(TrainConfig(sac=SACConfig(privileged_critic=True)))  # the recipe's defaults
+    with pytest.raises(ConfigError, match="--privileged-critic.*--goal-mode desired or none"):
+        validate(TrainConfig(sac=SACConfig(privileged_critic=True)))  # --goal-mode both
+    with pytest.raises(ValueError, match="--goal-mode both"):
+        _agent(keys=KEYS)  # the achieved goal an input
+    desired = EnvConfig(goal_mode="desired")
+    validate(TrainConfig(env=desired, sac=SACConfig(privileged_critic=True)))  # the recipe's
 
 
 def test_early_runs_boolean_state_estimate_reads_as_append():

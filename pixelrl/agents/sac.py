@@ -152,6 +152,11 @@ class SAC(nn.Module):
                 "--privileged-critic puts the true achieved goal in the state estimate's place: "
                 "it needs pixels, --aux-coef > 0 and --state-estimate append or only"
             )
+        if self.privileged_critic and ACHIEVED_GOAL in keys:
+            raise ValueError(
+                "--privileged-critic keeps the true achieved goal from the actor: it cannot be "
+                "an input of both (--goal-mode both); use --goal-mode desired or none"
+            )
         self.actor = SquashedGaussianActor(
             features_dim, action_dim, hidden, action_low, action_high
         )
