@@ -153,12 +153,15 @@ table fps "End to end (fps.py)"
 
 # ---------------------------------------------------------------- learning
 # The recipe of benchmarks/learning.md on FetchPush, the puck's position from the image only
-# (--goal-mode desired), as many env workers as the cores allow.
+# (--goal-mode desired), with the privileged critic and single frames (the flags of the pixel
+# Push run that headed for the puck, benchmarks/learning.md; batch and updates per step are
+# this machine's), as many env workers as the cores allow.
 RUNS=$(mktemp -d)
 PUSH_CAP=$(( START + SETUP + FACTS + UPDATE + FPS + PUSH - $(date +%s) ))  # what is left
 [ "$PUSH_CAP" -ge 20 ] || PUSH_CAP=20
 [ "$SMOKE" = 0 ] || PUSH_CAP=$PUSH  # a rehearsal needs a few checkpoints, not the time left
 stage push "$PUSH_CAP" "$PY" "$REPO/train.py" --env-id FetchPush-v4 --goal-mode desired \
+  --privileged-critic --frame-stack 1 \
   --n-envs "$N_ENVS" --gradient-steps "$GRAD_STEPS" --device "$DEVICE" --runs-dir "$RUNS" \
   --no-progress "${PUSH_ARGS[@]}"
 wrapup() {  # the curve and the logs first (cheap), then evaluations, newest checkpoint first
