@@ -245,10 +245,9 @@ def test_privileged_critic_reads_the_true_achieved_goal_and_the_actor_the_estima
     state_estimate, privileged
 ):
     """Q of obs depends on obs' achieved goal, and the target on next obs', exactly when the
-    critic is privileged. obs' achieved goal is also the
-    auxiliary loss's target, so Q is compared on the first update, before any step moved the
-    heads; the target is read through the critic loss, where next obs' achieved goal is read
-    by nothing else."""
+    critic is privileged. obs' achieved goal is also the auxiliary loss's target, so Q is
+    compared on the first update, before any step moved the heads; the target is read through
+    the critic loss, where next obs' achieved goal is read by nothing else."""
     batch = random_batch(16, seed=3)
     moved = torch.rand(16, 3, generator=torch.Generator().manual_seed(9)) + 0.5
 
@@ -256,11 +255,11 @@ def test_privileged_critic_reads_the_true_achieved_goal_and_the_actor_the_estima
         agent = _agent(privileged, state_estimate)
         agent.normalizer.update(batch.obs)  # the statistics of the unchanged batch, frozen
         torch.manual_seed(0)
-        return agent.update(changed_batch), agent
+        return agent.update(changed_batch)
 
-    base, _ = update(batch)
-    q_moved, _ = update(_with_achieved_goal(batch, obs_goal=moved))
-    target_moved, _ = update(_with_achieved_goal(batch, next_goal=moved))
+    base = update(batch)
+    q_moved = update(_with_achieved_goal(batch, obs_goal=moved))
+    target_moved = update(_with_achieved_goal(batch, next_goal=moved))
     q_differs = not torch.equal(base["q_mean"], q_moved["q_mean"])
     target_differs = not torch.equal(base["critic_loss"], target_moved["critic_loss"])
     assert (q_differs, target_differs) == (privileged, privileged)
