@@ -65,7 +65,7 @@ _TAG_NAMES = {
     "spatial_softmax_temperature": lambda v: f"T{v:g}",
     "aux_coef": lambda v: f"aux{v:g}",
     "state_estimate": lambda v: f"estimate-{v}",
-    "privileged_critic": lambda v: "privCritic" if v else "",
+    "privileged_critic": lambda v: "" if v else "noPrivCritic",
 }
 # Options that do not change what is learned (they are not part of the tag).
 _UNTAGGED = {"vector", "encoder"}

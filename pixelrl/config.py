@@ -201,12 +201,15 @@ class SACConfig:
     encoder, and its features of the same image differ), split (target for the target Q,
     online for the next action: SB3). With --encoder-grad separate the next action reads the
     actor's own encoder in all three."""
-    privileged_critic: bool = False
+    privileged_critic: bool = True
     """The critic reads the true achieved goal (the simulator's position of the gripper in
     Reach, of the object in Push, normalized; the replay stores it for HER) where the actor
     reads the state head's estimate of it: an asymmetric actor-critic (Pinto et al. 2018).
     Training time only: acting, eval and load_policy use the actor, which never reads it.
-    Pixels with --state-estimate append or only, and --goal-mode desired or none."""
+    It applies where the actor reads the estimate in the achieved goal's place: pixels,
+    --state-estimate append or only, and --goal-mode desired or none (with both, the achieved
+    goal is an input of both networks; without pixels there is no estimate); elsewhere it
+    changes nothing. --no-privileged-critic: the critic reads the estimate, as the actor."""
     gradient_steps: int = 1
     """Gradient steps per training round."""
     train_freq: int = 1
@@ -376,18 +379,6 @@ def validate(cfg: TrainConfig) -> None:
                 f"--state-estimate {n.state_estimate} (the default is only) reads the state "
                 "head, which --aux-coef > 0 trains; with --aux-coef 0 pass --state-estimate off"
             )
-    if s.privileged_critic and (cfg.env.obs_mode != "pixels" or n.state_estimate == "off"):
-        raise ConfigError(
-            "--privileged-critic gives the critic the true achieved goal in place of the state "
-            f"estimate: it needs pixels and --state-estimate append or only (here: "
-            f"{cfg.env.obs_mode} mode, --state-estimate {n.state_estimate})"
-        )
-    if s.privileged_critic and cfg.env.goal_mode == "both":
-        raise ConfigError(
-            "--privileged-critic keeps the true achieved goal from the actor, but --goal-mode "
-            "both (the default) makes it an input of both networks: use --goal-mode desired or "
-            "none"
-        )
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
     if n.obs_norm_clip <= 0:
@@ -447,7 +438,7 @@ def to_dict(cfg) -> dict:
 # behaviour back (the default, where it differs, is the measured recipe).
 ADDED_LATER = {
     "NetworkConfig": {"keypoint_trunk": "layernorm", "state_estimate": "off"},
-    "SACConfig": {"aux_coef": 0.0},
+    "SACConfig": {"aux_coef": 0.0, "privileged_critic": False},
 }
 
 

@@ -312,24 +312,26 @@ def test_privileged_critic_puts_the_normalized_goal_where_the_estimate_was():
     assert agent.critic_encoder.join(view).shape[-1] == agent.critic_encoder.features_dim
 
 
-def test_privileged_critic_needs_the_estimate_and_pixels():
-    with pytest.raises(ValueError, match="--privileged-critic"):
-        _agent(state_estimate="off")
-    with pytest.raises(ConfigError, match="--privileged-critic.*--state-estimate off"):
-        validate(
-            TrainConfig(
-                network=NetworkConfig(state_estimate="off"),
-                sac=SACConfig(aux_coef=1.0, privileged_critic=True),
-            )
-        )
-    with pytest.raises(ConfigError, match="--privileged-critic.*no-pixels"):
-        validate(TrainConfig(env=EnvConfig(no_pixels=True), sac=SACConfig(privileged_critic=True)))
-    with pytest.raises(ConfigError, match="--privileged-critic.*--goal-mode desired or none"):
-        validate(TrainConfig(sac=SACConfig(privileged_critic=True)))  # --goal-mode both
-    with pytest.raises(ValueError, match="--goal-mode both"):
-        _agent(keys=KEYS)  # the achieved goal an input
-    desired = EnvConfig(goal_mode="desired")
-    validate(TrainConfig(env=desired, sac=SACConfig(privileged_critic=True)))  # the recipe's
+def test_privileged_critic_is_on_where_the_actor_reads_the_estimate_in_the_goals_place():
+    """On by default; with no estimate (--state-estimate off) or the achieved goal an input
+    of both networks (--goal-mode both) the critic reads what the actor reads, its encoder's
+    parts, and no flag combination is refused for it."""
+    default = SAC(SHAPES, GOAL_FROM_PIXELS, [-1.0] * 4, [1.0] * 4, NetworkConfig(), SACConfig())
+    assert default.privileged_critic
+    assert not _agent(privileged=False).privileged_critic
+    batch = random_batch(6, seed=5)
+    for agent in (_agent(state_estimate="off"), _agent(keys=KEYS)):
+        assert not agent.privileged_critic
+        obs = agent.normalizer(batch.obs)
+        parts = agent.critic_encoder.parts(obs)
+        assert agent._critic_view(parts, obs) is parts
+    for env, network in (
+        (EnvConfig(), NetworkConfig()),  # --goal-mode both
+        (EnvConfig(no_pixels=True), NetworkConfig()),
+        (EnvConfig(goal_mode="desired"), NetworkConfig(state_estimate="off")),
+        (EnvConfig(goal_mode="desired"), NetworkConfig()),  # where it applies
+    ):
+        validate(TrainConfig(env=env, network=network))
 
 
 def test_early_runs_boolean_state_estimate_reads_as_append():
@@ -396,9 +398,11 @@ def test_a_run_saved_before_the_recipe_reads_back_as_it_ran():
     for section, key in (("network", "keypoint_trunk"), ("network", "state_estimate")):
         del saved[section][key]
     del saved["sac"]["aux_coef"]
+    del saved["sac"]["privileged_critic"]
     old = from_dict(TrainConfig, saved)
     assert (old.network.keypoint_trunk, old.network.state_estimate) == ("layernorm", "off")
     assert old.sac.aux_coef == 0.0
+    assert not old.sac.privileged_critic  # the critic read the estimate before the flag
 
 
 # ---------------------------------------------------------------- the diagnostics

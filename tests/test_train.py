@@ -400,6 +400,8 @@ def test_config_tag_names_what_differs():
     )
     assert config_tag(cfg) == "manip_fullState_DrQ_actorEnc"
     assert config_tag(TrainConfig(network=NetworkConfig(encoder="drqv2"))) == "manip_noSS"
+    no_privileged = TrainConfig(sac=SACConfig(privileged_critic=False))
+    assert config_tag(no_privileged) == "manip_noPrivCritic"
 
 
 def test_resume_check_reads_an_older_run_config_through_the_config_classes():

@@ -29,19 +29,21 @@ one table (`_encode` and `_actor_parts` are its code):
     actor's own encoder: with `separate` the next action always reads A, which holds other
     weights than the encoder T copies; the flag's help says so)
 
-The auxiliary loss (`--aux-coef`, off by default): the encoder's state head regresses the
-normalized achieved goal of obs (privileged: the simulator's position of the gripper in Reach,
-of the object in Push, stored by the replay for HER) from the image features. It is added to
-the loss of the optimizer that owns the encoder (critic loss with `critic` routing, actor loss
-with `actor`, each encoder's own with `separate`), so it trains the encoder whichever routing
-is chosen. Acting never reads the achieved goal; with `--state-estimate` it reads the head's
-estimate of it instead, detached.
+The auxiliary loss (`--aux-coef`, 1 by default, with pixels only): the encoder's state head
+regresses the normalized achieved goal of obs (privileged: the simulator's position of the
+gripper in Reach, of the object in Push, stored by the replay for HER) from the image
+features. It is added to the loss of the optimizer that owns the encoder (critic loss with
+`critic` routing, actor loss with `actor`, each encoder's own with `separate`), so it trains
+the encoder whichever routing is chosen. Acting never reads the achieved goal; with
+`--state-estimate` it reads the head's estimate of it instead, detached.
 
-The privileged critic (`--privileged-critic`, off by default): the critic, online and target,
-reads the true normalized achieved goal where the actor reads the estimate (an asymmetric
-actor-critic, Pinto et al. 2018, arXiv:1710.06542). The critic exists only to train the
-actor, so it may read what the simulator knows; the actor, all that acting needs, reads only
-what a camera gives. `_critic_view` is its code.
+The privileged critic (`--privileged-critic`, on by default where it applies): where the actor
+reads the state estimate in the achieved goal's place, the critic, online and target, reads the
+true normalized achieved goal instead (an asymmetric actor-critic, Pinto et al. 2018,
+arXiv:1710.06542). The critic exists only to train the actor, so it may read what the
+simulator knows; the actor, all that acting needs, reads only what a camera gives. On pixel
+Push with the puck from the image, the estimate in the critic kept the actor from heading for
+the puck (benchmarks/learning.md). `_critic_view` is its code.
 
 Vector inputs are normalized before any encoder sees them (`pixelrl.nets.normalize`): the
 statistics are updated from each sampled batch, then obs and next obs are scaled with the same
@@ -124,7 +126,6 @@ class SAC(nn.Module):
         if self.aux and not net_cfg.normalize_obs:
             raise ValueError("--aux-coef > 0 regresses the normalized achieved goal")
         state_head_dim = obs_shapes[ACHIEVED_GOAL][-1] if self.aux else 0
-        self.privileged_critic = cfg.privileged_critic
 
         # Inputs: vectors normalized with running statistics (buffers, saved with the weights).
         # The achieved goal is normalized even where the networks do not read it: it is the
@@ -147,16 +148,14 @@ class SAC(nn.Module):
         else:
             self.actor_encoder = self.critic_encoder
         features_dim = self.critic_encoder.features_dim
-        if self.privileged_critic and STATE_ESTIMATE not in self.critic_encoder.inputs:
-            raise ValueError(
-                "--privileged-critic puts the true achieved goal in the state estimate's place: "
-                "it needs pixels, --aux-coef > 0 and --state-estimate append or only"
-            )
-        if self.privileged_critic and ACHIEVED_GOAL in keys:
-            raise ValueError(
-                "--privileged-critic keeps the true achieved goal from the actor: it cannot be "
-                "an input of both (--goal-mode both); use --goal-mode desired or none"
-            )
+        # The privileged critic applies where the actor reads the estimate in the achieved
+        # goal's place: with an estimate (pixels, the auxiliary loss, --state-estimate append
+        # or only), and without the achieved goal among the inputs of both (--goal-mode both).
+        self.privileged_critic = (
+            cfg.privileged_critic
+            and STATE_ESTIMATE in self.critic_encoder.inputs
+            and ACHIEVED_GOAL not in keys
+        )
         self.actor = SquashedGaussianActor(
             features_dim, action_dim, hidden, action_low, action_high
         )
