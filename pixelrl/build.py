@@ -17,7 +17,7 @@ import torch
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.her import reward_range
 from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
-from pixelrl.config import ConfigError, TrainConfig, from_dict, to_dict
+from pixelrl.config import ConfigError, TrainConfig, from_dict, privileged_critic_applies, to_dict
 from pixelrl.envs import PIXELS, make_fetch_env, max_episode_steps, policy_keys, reward_params
 
 
@@ -80,6 +80,8 @@ def config_tag(cfg: TrainConfig) -> str:
             value = getattr(getattr(cfg, section), f.name)
             if f.name in _UNTAGGED or value == getattr(getattr(default, section), f.name):
                 continue
+            if f.name == "privileged_critic" and not privileged_critic_applies(cfg):
+                continue  # it changes nothing here: the same run either way
             name = _TAG_NAMES.get(f.name)
             text = name(value) if name else f"{f.name}{value}"
             if text:
@@ -109,12 +111,20 @@ _RESUMABLE_RUN_FIELDS = {
 }
 
 
+def _what_runs(cfg: TrainConfig) -> dict:
+    """The config as data, with --privileged-critic as it acts: off where it does not apply
+    (a run saved before it was the default resumes under today's defaults)."""
+    data = to_dict(cfg)
+    data["sac"]["privileged_critic"] = cfg.sac.privileged_critic and privileged_critic_applies(cfg)
+    return data
+
+
 def check_resume_config(saved: dict, cfg: TrainConfig) -> None:
     """Raise ConfigError naming every flag that differs from the interrupted run's."""
-    current = to_dict(cfg)
+    current = _what_runs(cfg)
     # Through the config classes: a flag pixelrl no longer has is dropped, an alias (drqv2)
     # becomes what it stands for, a flag added since takes the value the run had without it.
-    saved = to_dict(from_dict(TrainConfig, saved))
+    saved = _what_runs(from_dict(TrainConfig, saved))
     changed = []
     for section, values in saved.items():
         for key, value in values.items():

@@ -129,7 +129,8 @@ class NetworkConfig:
     normalized units), only (the estimate instead of the image features; measured best,
     benchmarks/learning.md). The estimate is detached where they read it: only the auxiliary
     loss trains it (with `only`, the image encoder learns from the auxiliary loss alone).
-    Needs --aux-coef > 0."""
+    Needs --aux-coef > 0. Where the achieved goal is not an input, the critic reads the true
+    one in the estimate's place (--privileged-critic)."""
     norm: bool = False
     """nature only: LayerNorm + Tanh trunk on the CNN output (the SB3 prototype's first fix)."""
     features_dim: int | None = None
@@ -283,6 +284,18 @@ class TrainConfig:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     sac: SACConfig = field(default_factory=SACConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+def privileged_critic_applies(cfg: TrainConfig) -> bool:
+    """Whether --privileged-critic changes what the critic reads: where the actor reads the
+    state estimate in the achieved goal's place (pixels, the auxiliary loss, --state-estimate
+    append or only, --goal-mode desired or none). Elsewhere both values run the same."""
+    return (
+        cfg.env.obs_mode == "pixels"
+        and cfg.sac.aux_coef > 0
+        and cfg.network.state_estimate != "off"
+        and cfg.env.goal_mode != "both"
+    )
 
 
 class ConfigError(ValueError):

@@ -320,7 +320,8 @@ def test_privileged_critic_is_on_where_the_actor_reads_the_estimate_in_the_goals
     assert default.privileged_critic
     assert not _agent(privileged=False).privileged_critic
     batch = random_batch(6, seed=5)
-    for agent in (_agent(state_estimate="off"), _agent(keys=KEYS)):
+    no_image = [PROPRIOCEPTION, DESIRED_GOAL]
+    for agent in (_agent(state_estimate="off"), _agent(keys=KEYS), _agent(keys=no_image)):
         assert not agent.privileged_critic
         obs = agent.normalizer(batch.obs)
         parts = agent.critic_encoder.parts(obs)

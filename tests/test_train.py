@@ -400,8 +400,13 @@ def test_config_tag_names_what_differs():
     )
     assert config_tag(cfg) == "manip_fullState_DrQ_actorEnc"
     assert config_tag(TrainConfig(network=NetworkConfig(encoder="drqv2"))) == "manip_noSS"
-    no_privileged = TrainConfig(sac=SACConfig(privileged_critic=False))
-    assert config_tag(no_privileged) == "manip_noPrivCritic"
+    # --privileged-critic is named only where it changes what the critic reads.
+    no_privileged = SACConfig(privileged_critic=False)
+    assert config_tag(TrainConfig(sac=no_privileged)) == "manip"  # --goal-mode both
+    desired = EnvConfig(goal_mode="desired")
+    assert config_tag(TrainConfig(env=desired)) == "manip_goal-desired"
+    no_privileged_desired = TrainConfig(env=desired, sac=no_privileged)
+    assert config_tag(no_privileged_desired) == "manip_goal-desired_noPrivCritic"
 
 
 def test_resume_check_reads_an_older_run_config_through_the_config_classes():
@@ -415,9 +420,17 @@ def test_resume_check_reads_an_older_run_config_through_the_config_classes():
     for key in before_the_recipe:  # flags added since: the run had them as ADDED_LATER says
         del saved["network"][key]
     del saved["sac"]["aux_coef"]
+    del saved["sac"]["privileged_critic"]  # off before it existed: here it does not apply
     check_resume_config(saved, cfg)
     with pytest.raises(ConfigError, match=r"--aux-coef \(run: 0.0, now: 1.0\)"):
         check_resume_config(saved, TrainConfig(network=NetworkConfig(encoder="drqv2")))
+    # Where it applies, a run saved without it (the critic read the estimate) is told apart.
+    desired = TrainConfig(env=EnvConfig(goal_mode="desired"))
+    saved = to_dict(desired)
+    del saved["sac"]["privileged_critic"]
+    with pytest.raises(ConfigError, match=r"--privileged-critic \(run: False, now: True\)"):
+        check_resume_config(saved, desired)
+    check_resume_config(saved, TrainConfig(env=desired.env, sac=SACConfig(privileged_critic=False)))
     saved["sac"]["batch_size"] = 7
     with pytest.raises(ConfigError, match="--batch-size"):
         check_resume_config(saved, cfg)
