@@ -3,13 +3,23 @@ loss, and the diagnostics that judge them (pixelrl.nets.encoders, pixelrl.agents
 pixelrl.diagnostics)."""
 
 import dataclasses
+import itertools
 
 import pytest
 import torch
 from test_sac import KEYS, SHAPES, make_agent, random_batch, random_obs
 
 from pixelrl.agents.sac import SAC
-from pixelrl.config import ConfigError, EnvConfig, NetworkConfig, SACConfig, TrainConfig, validate
+from pixelrl.build import build_agent, describe_env
+from pixelrl.config import (
+    ConfigError,
+    EnvConfig,
+    NetworkConfig,
+    SACConfig,
+    TrainConfig,
+    privileged_critic_applies,
+    validate,
+)
 from pixelrl.diagnostics import linear_probe, r_squared, spread_across_batch
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 from pixelrl.nets.encoders import (
@@ -333,6 +343,44 @@ def test_privileged_critic_is_on_where_the_actor_reads_the_estimate_in_the_goals
         (EnvConfig(goal_mode="desired"), NetworkConfig()),  # where it applies
     ):
         validate(TrainConfig(env=env, network=network))
+
+
+@pytest.mark.parametrize("obs_mode", ["pixels", "no-pixels", "full-state"])
+def test_resume_and_the_tag_read_the_privileged_critic_as_the_built_agent_resolves_it(obs_mode):
+    """Resume and the run tag read the flag through privileged_critic_applies; the agent
+    resolves it from its encoder's inputs and keys. For every combination that validates,
+    with the flag on, the two agree (off, the agent never applies it)."""
+    env = EnvConfig(
+        env_id="FetchReach-v4",
+        n_envs=1,
+        image_size=48,
+        no_pixels=obs_mode == "no-pixels",
+        full_state=obs_mode == "full-state",
+    )
+    spec, obs_space, action_space = describe_env(env)
+    applied = set()
+    for goal_mode, state_estimate, aux_coef, privileged in itertools.product(
+        ("none", "desired", "both"), ("off", "append", "only"), (0.0, 1.0), (True, False)
+    ):
+        cfg = TrainConfig(
+            env=dataclasses.replace(env, goal_mode=goal_mode),
+            network=NetworkConfig(state_estimate=state_estimate),
+            sac=SACConfig(aux_coef=aux_coef, privileged_critic=privileged),
+        )
+        try:
+            validate(cfg)
+        except ConfigError:
+            continue
+        agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
+        expected = privileged and privileged_critic_applies(cfg)
+        assert agent.privileged_critic == expected, (goal_mode, state_estimate, aux_coef)
+        if expected:
+            applied.add((goal_mode, state_estimate))
+    # It applies only with pixels, and there exactly with an estimate and no achieved goal.
+    if obs_mode == "pixels":
+        assert applied == {(g, e) for g in ("none", "desired") for e in ("append", "only")}
+    else:
+        assert not applied
 
 
 def test_early_runs_boolean_state_estimate_reads_as_append():
