@@ -284,3 +284,19 @@ def test_contact_hands_a_policy_that_stacks_fewer_frames_the_newest():
     assert torch.equal(contact.newest_frames(obs, 4)[PIXELS], frames)
     with pytest.raises(SystemExit, match="stacks 5 frames"):
         contact.newest_frames(obs, 5)
+
+
+def test_update_cost_times_the_pixel_push_recipe_beside_its_no_pixels_control(monkeypatch):
+    """benchmarks/update_cost.py measures what it names: the pixel Push recipe (an image, the
+    privileged critic, the heads reading the 3-number estimate) and the no-pixels control,
+    whose heads read as many numbers, the achieved goal where the estimate is."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its `timing` import
+    cost = _load("update_cost")
+    pixel = cost.make_agent(cost.PIXEL_PUSH_KEYS, "cpu")
+    no_pixels = cost.make_agent(cost.NO_PIXELS_KEYS, "cpu")
+    assert pixel.privileged_critic and pixel.critic_encoder.image is not None
+    assert no_pixels.critic_encoder.image is None
+    assert pixel.critic_encoder.features_dim == no_pixels.critic_encoder.features_dim
+    rows = cost.main(["--batch-sizes", "4", "--seconds", "0"])
+    assert [row["batch"] for row in rows] == [4]
+    assert all(math.isfinite(value) and value > 0 for row in rows for value in row.values())
