@@ -27,16 +27,22 @@ SHAPES = {PIXELS: (12, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESI
 VARIANTS = ("eager", "compile", "amp", "compile+amp")
 
 
-def make_batch(b: int, device) -> Batch:
+def make_batch(b: int, device, shapes: dict[str, tuple[int, ...]] = SHAPES) -> Batch:
+    """A fixed random batch of b transitions with obs of `shapes` (pixels uint8, proprioception
+    standard normal, goals uniform in [0, 1)); benchmarks/update_cost.py builds its batches
+    here too."""
     gen = torch.Generator().manual_seed(0)
 
     def obs():
-        return {
-            PIXELS: torch.randint(0, 256, (b, 12, 84, 84), dtype=torch.uint8, generator=gen),
-            PROPRIOCEPTION: torch.randn(b, 10, generator=gen),
-            ACHIEVED_GOAL: torch.rand(b, 3, generator=gen),
-            DESIRED_GOAL: torch.rand(b, 3, generator=gen),
-        }
+        out = {}
+        for key, shape in shapes.items():
+            if key == PIXELS:
+                out[key] = torch.randint(0, 256, (b, *shape), dtype=torch.uint8, generator=gen)
+            elif key == PROPRIOCEPTION:
+                out[key] = torch.randn(b, *shape, generator=gen)
+            else:
+                out[key] = torch.rand(b, *shape, generator=gen)
+        return out
 
     batch = Batch(
         obs(),

@@ -25,9 +25,9 @@ import platform
 
 import torch
 from timing import calls_per_second
+from update import make_batch
 
 from pixelrl.agents.sac import SAC
-from pixelrl.buffers.replay import Batch
 from pixelrl.config import NetworkConfig, SACConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 
@@ -36,42 +36,33 @@ PIXEL_PUSH_KEYS = [PIXELS, PROPRIOCEPTION, DESIRED_GOAL]  # --goal-mode desired
 NO_PIXELS_KEYS = [PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL]  # --no-pixels, --goal-mode both
 
 
-def make_batch(b: int, device, pixels: bool) -> Batch:
-    gen = torch.Generator().manual_seed(0)
-
-    def obs():
-        out = {
-            PROPRIOCEPTION: torch.randn(b, 10, generator=gen),
-            ACHIEVED_GOAL: torch.rand(b, 3, generator=gen),
-            DESIRED_GOAL: torch.rand(b, 3, generator=gen),
-        }
-        if pixels:
-            out[PIXELS] = torch.randint(
-                0, 256, (b, *SHAPES[PIXELS]), dtype=torch.uint8, generator=gen
-            )
-        return {key: value.to(device) for key, value in out.items()}
-
-    action = (torch.rand(b, 4, generator=gen) * 2 - 1).to(device)
-    reward = -(torch.rand(b, generator=gen) > 0.5).float().to(device)
-    return Batch(obs(), action, reward, obs(), torch.zeros(b, device=device))
+def shapes_of(keys: list[str]) -> dict[str, tuple[int, ...]]:
+    """The stored obs of a run whose networks read `keys`: the replay keeps the achieved goal
+    for HER (and the auxiliary loss) whether or not they read it."""
+    return {key: SHAPES[key] for key in keys} | {ACHIEVED_GOAL: SHAPES[ACHIEVED_GOAL]}
 
 
 def make_agent(keys: list[str], device) -> SAC:
     torch.manual_seed(0)
-    shapes = {key: SHAPES[key] for key in keys} | {ACHIEVED_GOAL: SHAPES[ACHIEVED_GOAL]}
-    pixels = PIXELS in keys
-    sac = SACConfig() if pixels else SACConfig(aux_coef=0.0)  # the aux loss needs an image
+    sac = SACConfig() if PIXELS in keys else SACConfig(aux_coef=0.0)  # the aux loss needs an image
     return SAC(
-        shapes, keys, [-1.0] * 4, [1.0] * 4, NetworkConfig(), sac, device, reward_range=(-1.0, 0.0)
+        shapes_of(keys),
+        keys,
+        [-1.0] * 4,
+        [1.0] * 4,
+        NetworkConfig(),
+        sac,
+        device,
+        reward_range=(-1.0, 0.0),
     )
 
 
 def measure(b: int, device, ms) -> dict:
     """One table row: `ms(fn)` times fn in milliseconds per call."""
     pixel_agent = make_agent(PIXEL_PUSH_KEYS, device)
-    pixel_batch = make_batch(b, device, pixels=True)
+    pixel_batch = make_batch(b, device, shapes_of(PIXEL_PUSH_KEYS))
     no_pixels_agent = make_agent(NO_PIXELS_KEYS, device)
-    no_pixels_batch = make_batch(b, device, pixels=False)
+    no_pixels_batch = make_batch(b, device, shapes_of(NO_PIXELS_KEYS))
     obs = pixel_agent.normalizer(pixel_batch.obs)
     with torch.no_grad():
         encoder_ms = ms(lambda: pixel_agent.critic_encoder.parts(obs))
