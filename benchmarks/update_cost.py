@@ -25,13 +25,14 @@ import platform
 
 import torch
 from timing import calls_per_second
+from update import SHAPES as STACKED_SHAPES
 from update import make_batch
 
 from pixelrl.agents.sac import SAC
 from pixelrl.config import NetworkConfig, SACConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 
-SHAPES = {PIXELS: (3, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)}
+SHAPES = STACKED_SHAPES | {PIXELS: (3, 84, 84)}  # update.py's obs with one frame: --frame-stack 1
 PIXEL_PUSH_KEYS = [PIXELS, PROPRIOCEPTION, DESIRED_GOAL]  # --goal-mode desired
 NO_PIXELS_KEYS = [PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL]  # --no-pixels, --goal-mode both
 
