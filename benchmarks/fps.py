@@ -5,6 +5,17 @@
     python benchmarks/fps.py --long           # longer phases, batch 256, two rounds
     python benchmarks/fps.py --device cuda --n-envs 8 --batch-size 256 --long
     python benchmarks/fps.py --variants eager compile     # pixelrl with and without --compile
+    python benchmarks/fps.py --recipe pixelrl --renders native   # train.py's defaults
+
+`--recipe` picks the settings both sides run at:
+
+    sb3       the SB3 prototype's (the default): 4 stacked frames, lr 1e-4, both goals as
+              inputs, batch 64 (256 with --long), 1 update per vector step; pixelrl with the
+              image in SAC's update (--encoder-grad critic), as SB3's policy has it
+    pixelrl   train.py's defaults: single frames, lr 1e-3, 4 envs, batch 256, 4 SAC updates
+              per vector step; pixelrl with the state estimator (the image leaves SAC's
+              update), SB3 at the same frames, lr, batch and updates with its image in every
+              update (its policy reads both goals: it cannot leave the puck to the image)
 
 Each (implementation, render path) runs in its own subprocess, in alternating order
 (pixelrl native, SB3 native, pixelrl 480-resize, SB3 480-resize, ...), through its real
@@ -99,15 +110,17 @@ def run_pixelrl(a) -> dict:
         SACConfig,
         TrainConfig,
     )
-    from pixelrl.trainer import Trainer
+    from pixelrl.trainer import MetricSums, Trainer
 
     runs = tempfile.mkdtemp(prefix="pixelrl_fps_")
+    prototype = a.recipe == "sb3"
     cfg = TrainConfig(
         env=EnvConfig(
             env_id=a.env_id,
             n_envs=a.n_envs,
             native_render=a.render == "native",
             vector="async" if a.n_envs > 1 else "sync",
+            **(dict(goal_mode="both", frame_stack=4) if prototype else {}),
         ),
         replay=ReplayConfig(buffer_size=a.buffer_size, her_n_sampled_goal=a.her_k, drq=a.drq),
         network=NetworkConfig(encoder=a.encoder),
@@ -115,6 +128,7 @@ def run_pixelrl(a) -> dict:
             batch_size=a.batch_size,
             gradient_steps=a.gradient_steps,
             learning_starts=a.learning_starts,
+            **(dict(learning_rate=1e-4, encoder_grad="critic") if prototype else {}),
         ),
         run=RunConfig(
             total_steps=a.learning_starts + a.learn_steps,
@@ -144,11 +158,16 @@ def run_pixelrl(a) -> dict:
     timeline = [(e.step, e.wall_time) for e in events.Scalars("time/fps")]
     device = trainer.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    agent, replay = trainer.agent, trainer.replay
-    updates = calls_per_second(
-        lambda: agent.update(replay.sample(a.batch_size)), a.update_seconds, sync, min_calls=3
+    # A training round as the loop runs it (with the estimator: its step and the refresh of
+    # stored estimates too), counted as its SAC updates.
+    rounds = calls_per_second(
+        lambda: trainer.train_round(MetricSums(since=0)), a.update_seconds, sync, min_calls=3
     )
-    return {"timeline": timeline, "updates_per_s": updates, "worker_mb": worker_mb}
+    return {
+        "timeline": timeline,
+        "updates_per_s": rounds * a.gradient_steps,
+        "worker_mb": worker_mb,
+    }
 
 
 def gpu_memory_mb() -> float:
@@ -175,6 +194,8 @@ def run_sb3(a) -> dict:
     model = make_sb3_pipeline(
         a.env_id,
         n_envs=a.n_envs,
+        frame_stack=4 if a.recipe == "sb3" else 1,
+        learning_rate=1e-4 if a.recipe == "sb3" else 1e-3,
         native_render=a.render == "native",
         vec_env=a.vec_env,
         buffer_size=a.buffer_size,
@@ -221,15 +242,18 @@ def worker(a) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--long", action="store_true", help="longer phases, batch 256, two rounds")
+    p.add_argument("--recipe", choices=["sb3", "pixelrl"], default="sb3")
     p.add_argument("--device", default="cpu")
     p.add_argument("--env-id", default="FetchPush-v4")
-    p.add_argument("--n-envs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=None, help="default 64 (256 with --long)")
+    p.add_argument("--n-envs", type=int, default=None, help="default 2 (4 with --recipe pixelrl)")
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="default 64 (256 with --long or pixelrl)"
+    )
     p.add_argument(
         "--gradient-steps",
         type=int,
-        default=1,
-        help="updates per vector step (1 = the SB3 prototype's replay ratio)",
+        default=None,
+        help="SAC updates per vector step (default 1, the SB3 prototype's; 4 with pixelrl)",
     )
     p.add_argument("--her-k", type=int, default=8)
     p.add_argument("--encoder", default="manip")
@@ -265,7 +289,10 @@ def main() -> None:
     p.add_argument("--worker", choices=["pixelrl", "sb3"], help=argparse.SUPPRESS)
     p.add_argument("--render", choices=["native", "resize"], help=argparse.SUPPRESS)
     a = p.parse_args()
-    a.batch_size = a.batch_size or (256 if a.long else 64)
+    recipe = a.recipe == "pixelrl"
+    a.n_envs = a.n_envs or (4 if recipe else 2)
+    a.gradient_steps = a.gradient_steps or (4 if recipe else 1)
+    a.batch_size = a.batch_size or (256 if a.long or recipe else 64)
     a.learning_starts = a.learning_starts or (2000 if a.long else 400)
     a.learn_steps = a.learn_steps or (800 if a.long else 100)
     a.update_seconds = a.update_seconds or (30.0 if a.long else 8.0)
@@ -291,7 +318,8 @@ def main() -> None:
     if a.drq:
         forwarded.append("--drq")
     print(
-        f"# fps: {a.env_id}, n_envs {a.n_envs}, batch {a.batch_size}, {a.gradient_steps} "
+        f"# fps ({a.recipe} recipe): {a.env_id}, n_envs {a.n_envs}, batch {a.batch_size}, "
+        f"{a.gradient_steps} "
         f"update(s) per vector step, encoder {a.encoder}, HER k={a.her_k}, "
         f"DrQ {'on' if a.drq else 'off'}, SB3 {a.vec_env} vec env, device {a.device}; "
         f"{a.learning_starts} collection steps, {a.learn_steps} learning steps, "

@@ -111,9 +111,10 @@ CORES=$(nproc)
 N_ENVS=$(( CORES - 2 )); [ "$N_ENVS" -ge 4 ] || N_ENVS=4
 N_ENVS=$(( N_ENVS / 4 * 4 ))  # 0.25 updates per env step: n_envs / 4 updates per vector step
 GRAD_STEPS=$(( N_ENVS / 4 ))
+PUSH_GRAD_STEPS=$(( 4 * GRAD_STEPS ))  # train.py's default of 4 per vector step of 4 envs
 VARIANTS="eager compile amp"; [ "$DEVICE" = cpu ] && VARIANTS="eager compile"
 if [ "$SMOKE" = 1 ]; then
-  N_ENVS=4; GRAD_STEPS=1
+  N_ENVS=4; GRAD_STEPS=1; PUSH_GRAD_STEPS=1
   UPDATE_ARGS=(--seconds 2 --batch-size 32)
   FPS_ARGS=(--batch-size 32 --learning-starts 200 --learn-steps 40 --update-seconds 2
             --buffer-size 5000 --sb3-learn-steps 40 --sb3-update-seconds 2)
@@ -124,8 +125,7 @@ else
   UPDATE_ARGS=(--seconds 8 --batch-size 256 --sb3-seconds 6)
   FPS_ARGS=(--batch-size 256 --learning-starts 2000 --learn-steps 4000 --update-seconds 10
             --buffer-size 50000 --sb3-learn-steps 200 --sb3-update-seconds 8)
-  PUSH_ARGS=(--total-steps 5000000 --checkpoint-freq 25000 --buffer-size 1000000
-             --no-save-buffer --log-interval 5000)
+  PUSH_ARGS=(--total-steps 5000000 --checkpoint-freq 25000 --no-save-buffer --log-interval 5000)
   EVAL_EPISODES=50
 fi
 facts() {
@@ -152,18 +152,16 @@ stage fps "$FPS" "$PY" "$REPO/benchmarks/fps.py" --device "$DEVICE" --n-envs "$N
 table fps "End to end (fps.py)"
 
 # ---------------------------------------------------------------- learning
-# The recipe of benchmarks/learning.md on FetchPush, the puck's position from the image only
-# (--goal-mode desired), with the privileged critic and single frames (the flags of the pixel
-# Push run that headed for the puck, benchmarks/learning.md; batch and updates per step are
-# this machine's), as many env workers as the cores allow.
+# train.py's defaults (pixel FetchPush with the puck only in the image, the state estimator,
+# benchmarks/learning.md) with as many env workers as the cores allow, and as many SAC and
+# estimator steps per env step as the defaults take with their 4 envs.
 RUNS=$(mktemp -d)
 PUSH_CAP=$(( START + SETUP + FACTS + UPDATE + FPS + PUSH - $(date +%s) ))  # what is left
 [ "$PUSH_CAP" -ge 20 ] || PUSH_CAP=20
 [ "$SMOKE" = 0 ] || PUSH_CAP=$PUSH  # a rehearsal needs a few checkpoints, not the time left
-stage push "$PUSH_CAP" "$PY" "$REPO/train.py" --env-id FetchPush-v4 --goal-mode desired \
-  --privileged-critic --frame-stack 1 \
-  --n-envs "$N_ENVS" --gradient-steps "$GRAD_STEPS" --device "$DEVICE" --runs-dir "$RUNS" \
-  --no-progress "${PUSH_ARGS[@]}"
+stage push "$PUSH_CAP" "$PY" "$REPO/train.py" --n-envs "$N_ENVS" \
+  --gradient-steps "$PUSH_GRAD_STEPS" --estimator-gradient-steps "$GRAD_STEPS" \
+  --device "$DEVICE" --runs-dir "$RUNS" --no-progress "${PUSH_ARGS[@]}"
 wrapup() {  # the curve and the logs first (cheap), then evaluations, newest checkpoint first
   RUN_DIR=$(ls -d "$RUNS"/*/seed0 2> /dev/null | head -n 1)
   [ -n "$RUN_DIR" ] || { echo "no run directory"; return 1; }

@@ -126,7 +126,7 @@ def main() -> None:
                 [-1.0] * 4,
                 [1.0] * 4,
                 NetworkConfig(encoder=encoder),
-                SACConfig(),
+                SACConfig(encoder_grad="critic"),  # the image in the update, as SB3's
                 device,
                 reward_range=(-1.0, 0.0),
                 compile="compile" in variant,

@@ -1,20 +1,23 @@
-"""Where the time of pixel Push's update goes: the image, or the heads that act and judge.
+"""What an update of pixel Push costs: with the image in SAC's update, and with the image the
+state estimator's alone.
 
     python benchmarks/update_cost.py [--batch-sizes 64 256] [--seconds 10] [--device cpu]
 
-For pixel Push with the puck from the image (`--goal-mode desired --frame-stack 1`, the state
-head's estimate in the image features' place, the privileged critic: the defaults), per batch
-size, in milliseconds per call on one fixed batch:
+For pixel Push with the puck from the image (`--goal-mode desired --frame-stack 1`, the privileged
+critic), built by `pixelrl.build.build_agent` as train.py builds it, per batch size, in
+milliseconds per call on one fixed batch:
 
-- the whole SAC update (`SAC.update`);
-- one pass of the encoder over a batch of images, without gradient: the update makes two (obs
-  for the auxiliary loss and the actor's estimate, next obs for the next action's estimate) and
-  a backward pass through the first;
-- the no-pixels control's update (`--no-pixels`: the same heads on proprioception and both
-  goals, no image): what the update costs without the image.
+- the coupled update (`--encoder-grad critic`): SAC encodes the batch's images itself, for
+  the auxiliary loss and the estimate the actor reads (two encoder passes and a backward);
+- SAC's update with the state estimator (`--encoder-grad estimator`, the default): the same
+  heads on the stored estimate, no image;
+- the no-pixels control's update (`--no-pixels`: proprioception and both goals, the puck's
+  true position where the estimate is);
 
-The heads read 3 numbers where the image was, so the difference between the first and the last
-is the price of the image: the auxiliary loss and the estimates the actor reads.
+and, for the estimator, per call: one gradient step at each batch size, and one episode's
+estimates rewritten (51 frames, no gradient). A training round of the default costs
+--gradient-steps SAC updates, --estimator-gradient-steps estimator steps at
+--estimator-batch-size and --estimate-refresh-episodes episodes' estimates.
 """
 
 from __future__ import annotations
@@ -23,61 +26,70 @@ import argparse
 import os
 import platform
 
+import gymnasium as gym
+import numpy as np
 import torch
 from timing import calls_per_second
-from update import SHAPES as STACKED_SHAPES
 from update import make_batch
 
-from pixelrl.agents.sac import SAC
-from pixelrl.config import NetworkConfig, SACConfig
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
+from pixelrl.buffers.replay import Batch, ReplaySpec
+from pixelrl.build import build_agent
+from pixelrl.config import EnvConfig, SACConfig, TrainConfig
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, STATE_ESTIMATE
 
-SHAPES = STACKED_SHAPES | {PIXELS: (3, 84, 84)}  # update.py's obs with one frame: --frame-stack 1
-PIXEL_PUSH_KEYS = [PIXELS, PROPRIOCEPTION, DESIRED_GOAL]  # --goal-mode desired
-NO_PIXELS_KEYS = [PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL]  # --no-pixels, --goal-mode both
-
-
-def shapes_of(keys: list[str]) -> dict[str, tuple[int, ...]]:
-    """The stored obs of a run whose networks read `keys`: the replay keeps the achieved goal
-    for HER (and the auxiliary loss) whether or not they read it."""
-    return {key: SHAPES[key] for key in keys} | {ACHIEVED_GOAL: SHAPES[ACHIEVED_GOAL]}
+SHAPES = {PIXELS: (3, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)}
+EPISODE_FRAMES = 51  # a Fetch episode's stored frames: 50 steps and the final observation
 
 
-def make_agent(keys: list[str], device) -> SAC:
+def config(obs_mode: str, encoder_grad: str = "estimator") -> TrainConfig:
+    """Pixel Push from the image (today's defaults) with `encoder_grad`, or the no-pixels
+    control."""
+    env = EnvConfig(no_pixels=True, goal_mode="both") if obs_mode == "no-pixels" else EnvConfig()
+    return TrainConfig(env=env, sac=SACConfig(encoder_grad=encoder_grad))
+
+
+def make_agent(cfg: TrainConfig, device):
+    """The agent train.py builds for `cfg` on Push's observation and action spaces."""
+    spaces = {key: gym.spaces.Box(-np.inf, np.inf, shape) for key, shape in SHAPES.items()}
+    if cfg.env.obs_mode == "pixels":
+        spaces[PIXELS] = gym.spaces.Box(0, 255, SHAPES[PIXELS], np.uint8)
+    else:
+        del spaces[PIXELS]
+    spec = ReplaySpec(SHAPES, 4, 50, 4, 1, 0.05, "sparse")
     torch.manual_seed(0)
-    sac = SACConfig() if PIXELS in keys else SACConfig(aux_coef=0.0)  # the aux loss needs an image
-    return SAC(
-        shapes_of(keys),
-        keys,
-        [-1.0] * 4,
-        [1.0] * 4,
-        NetworkConfig(),
-        sac,
-        device,
-        reward_range=(-1.0, 0.0),
-    )
+    return build_agent(cfg, spec, gym.spaces.Dict(spaces), gym.spaces.Box(-1, 1, (4,)), device)
+
+
+def with_estimates(batch: Batch) -> Batch:
+    """The batch as the replay hands it to SAC with the estimator: no frames, the stored
+    estimate of the puck (here its true position: the values do not change the cost)."""
+    drop = lambda obs: {k: v for k, v in obs.items() if k != PIXELS}  # noqa: E731
+    obs, next_obs = drop(batch.obs), drop(batch.next_obs)
+    obs[STATE_ESTIMATE], next_obs[STATE_ESTIMATE] = obs[ACHIEVED_GOAL], next_obs[ACHIEVED_GOAL]
+    return Batch(obs, batch.action, batch.reward, next_obs, batch.terminated)
 
 
 def measure(b: int, device, ms) -> dict:
     """One table row: `ms(fn)` times fn in milliseconds per call."""
-    pixel_agent = make_agent(PIXEL_PUSH_KEYS, device)
-    pixel_batch = make_batch(b, device, shapes_of(PIXEL_PUSH_KEYS))
-    no_pixels_agent = make_agent(NO_PIXELS_KEYS, device)
-    no_pixels_batch = make_batch(b, device, shapes_of(NO_PIXELS_KEYS))
-    obs = pixel_agent.normalizer(pixel_batch.obs)
-    with torch.no_grad():
-        encoder_ms = ms(lambda: pixel_agent.critic_encoder.parts(obs))
+    coupled = make_agent(config("pixels", "critic"), device)
+    split = make_agent(config("pixels"), device)
+    no_pixels = make_agent(config("no-pixels"), device)
+    batch = make_batch(b, device, SHAPES)
+    frames = batch.obs[PIXELS]
+    episode = make_batch(EPISODE_FRAMES, device, SHAPES).obs[PIXELS]
     return {
         "batch": b,
-        "pixel_update_ms": ms(lambda: pixel_agent.update(pixel_batch)),
-        "encoder_pass_ms": encoder_ms,
-        "no_pixels_update_ms": ms(lambda: no_pixels_agent.update(no_pixels_batch)),
+        "coupled_update_ms": ms(lambda: coupled.update(batch)),
+        "sac_update_ms": ms(lambda: split.update(with_estimates(batch))),
+        "no_pixels_update_ms": ms(lambda: no_pixels.update(batch)),
+        "estimator_step_ms": ms(lambda: split.update_estimator(frames, batch.obs[ACHIEVED_GOAL])),
+        "episode_estimates_ms": ms(lambda: split.estimate(episode)),
     }
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 64, 256])
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--device", default="cpu")
     a = parser.parse_args(argv)
@@ -86,12 +98,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     device = torch.device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(
-        f"# update cost: pixel Push (--goal-mode desired --frame-stack 1, defaults) against "
-        f"--no-pixels; {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"# update cost: pixel Push (--goal-mode desired --frame-stack 1) against --no-pixels; "
+        f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}, device {device}"
     )
-    print("| batch | pixel update, ms | encoder pass (no gradient), ms | no-pixels update, ms |")
-    print("|---|---|---|---|")
+    print(
+        "| batch | coupled update (image in SAC), ms | SAC update (stored estimate), ms "
+        "| no-pixels update, ms | estimator step, ms | one episode's estimates, ms |"
+    )
+    print("|---|---|---|---|---|---|")
 
     def ms(fn) -> float:
         return 1000.0 / calls_per_second(fn, a.seconds, sync, min_calls=3)
@@ -101,8 +116,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = measure(b, device, ms)
         rows.append(row)
         print(
-            f"| {b} | {row['pixel_update_ms']:.1f} | {row['encoder_pass_ms']:.1f} "
-            f"| {row['no_pixels_update_ms']:.1f} |",
+            f"| {b} | {row['coupled_update_ms']:.1f} | {row['sac_update_ms']:.1f} "
+            f"| {row['no_pixels_update_ms']:.1f} | {row['estimator_step_ms']:.1f} "
+            f"| {row['episode_estimates_ms']:.1f} |",
             flush=True,
         )
     return rows

@@ -14,11 +14,31 @@ from pathlib import Path
 
 import torch
 
+from pixelrl.agents.estimator import EstimatorAgent, StateEstimator
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.her import reward_range
 from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
-from pixelrl.config import ConfigError, TrainConfig, from_dict, privileged_critic_applies, to_dict
-from pixelrl.envs import PIXELS, make_fetch_env, max_episode_steps, policy_keys, reward_params
+from pixelrl.config import (
+    ESTIMATOR_FIELDS,
+    ConfigError,
+    EnvConfig,
+    ReplayConfig,
+    SACConfig,
+    TrainConfig,
+    estimator_applies,
+    from_dict,
+    privileged_critic_applies,
+    to_dict,
+)
+from pixelrl.envs import (
+    ACHIEVED_GOAL,
+    PIXELS,
+    STATE_ESTIMATE,
+    make_fetch_env,
+    max_episode_steps,
+    policy_keys,
+    reward_params,
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,22 +86,37 @@ _TAG_NAMES = {
     "aux_coef": lambda v: f"aux{v:g}",
     "state_estimate": lambda v: f"estimate-{v}",
     "privileged_critic": lambda v: "" if v else "noPrivCritic",
+    "estimator_batch_size": lambda v: f"ebs{v}",
+    "estimator_gradient_steps": lambda v: f"egs{v}",
+    "estimate_refresh_episodes": lambda v: f"refresh{v}",
 }
 # Options that do not change what is learned (they are not part of the tag).
 _UNTAGGED = {"vector", "encoder"}
 
+# Run directories are named by how a config differs from this fixed reference, not from
+# today's defaults, so that a run keeps its directory when a default changes: these are the
+# defaults up to 2026-12-03 (the SB3 prototype's hyperparameters with the encoder recipe). A
+# default changed later adds its old value here.
+TAG_REFERENCE = TrainConfig(
+    env=EnvConfig(goal_mode="both", frame_stack=4),
+    replay=ReplayConfig(buffer_size=500_000),
+    sac=SACConfig(learning_rate=1e-4, gradient_steps=1, encoder_grad="critic"),
+)
+
 
 def config_tag(cfg: TrainConfig) -> str:
-    """`manip` for the defaults (the winning recipe), plus each option that differs."""
+    """`manip` for TAG_REFERENCE, plus each option that differs from it, e.g.
+    `manip_goal-desired_fs1_buf300000_lr0.001_gs4_estimatorEnc` for today's defaults."""
     parts = [cfg.network.encoder]
-    default = TrainConfig()
     for section in ("env", "replay", "network", "sac"):
         for f in dataclasses.fields(getattr(cfg, section)):
             value = getattr(getattr(cfg, section), f.name)
-            if f.name in _UNTAGGED or value == getattr(getattr(default, section), f.name):
+            if f.name in _UNTAGGED or value == getattr(getattr(TAG_REFERENCE, section), f.name):
                 continue
             if f.name == "privileged_critic" and not privileged_critic_applies(cfg):
                 continue  # it changes nothing here: the same run either way
+            if f.name in ESTIMATOR_FIELDS and not estimator_applies(cfg):
+                continue
             name = _TAG_NAMES.get(f.name)
             text = name(value) if name else f"{f.name}{value}"
             if text:
@@ -113,9 +148,12 @@ _RESUMABLE_RUN_FIELDS = {
 
 def _what_runs(cfg: TrainConfig) -> dict:
     """The config as data, with --privileged-critic as it acts: off where it does not apply
-    (a run saved before it was the default resumes under today's defaults)."""
+    (a run saved before it was the default resumes under today's defaults); the state
+    estimator's settings None where there is none."""
     data = to_dict(cfg)
     data["sac"]["privileged_critic"] = cfg.sac.privileged_critic and privileged_critic_applies(cfg)
+    if not estimator_applies(cfg):
+        data["sac"].update(dict.fromkeys(ESTIMATOR_FIELDS))
     return data
 
 
@@ -160,15 +198,23 @@ def describe_env(env_cfg):
     return spec, obs_space, action_space
 
 
-def build_agent(cfg: TrainConfig, spec: ReplaySpec, obs_space, action_space, device) -> SAC:
-    """The SAC agent for a config; pixels are seen stacked (3k, H, W)."""
+def build_agent(
+    cfg: TrainConfig, spec: ReplaySpec, obs_space, action_space, device
+) -> SAC | EstimatorAgent:
+    """The agent for a config; pixels are seen stacked (3k, H, W). With the state estimator
+    (`estimator_applies`): the estimator reads the image, and SAC the vectors with the
+    estimate in the image's place; otherwise SAC reads every input itself."""
     shapes = {k: tuple(space.shape) for k, space in obs_space.spaces.items()}
     if PIXELS in shapes:
         c, h, w = shapes[PIXELS]
         shapes[PIXELS] = (c * cfg.env.frame_stack, h, w)
     keys = policy_keys(shapes, cfg.env.goal_mode)
-    return SAC(
-        shapes,
+    estimating = estimator_applies(cfg)
+    if estimating:
+        keys = [k for k in keys if k != PIXELS] + [STATE_ESTIMATE]
+        shapes[STATE_ESTIMATE] = shapes[ACHIEVED_GOAL]
+    sac = SAC(
+        {k: v for k, v in shapes.items() if k != PIXELS or not estimating},
         keys,
         action_space.low,
         action_space.high,
@@ -179,10 +225,24 @@ def build_agent(cfg: TrainConfig, spec: ReplaySpec, obs_space, action_space, dev
         compile=cfg.run.compile,
         amp=cfg.run.amp,
     )
+    if not estimating:
+        return sac
+    estimator = StateEstimator(
+        cfg.network,
+        shapes[PIXELS],
+        shapes[ACHIEVED_GOAL][-1],
+        learning_rate=cfg.sac.encoder_lr or cfg.sac.learning_rate,
+        loss_coef=cfg.sac.aux_coef,
+        device=device,
+    )
+    return EstimatorAgent(estimator, sac)
 
 
 def build_replay(cfg: TrainConfig, spec: ReplaySpec, device) -> EpisodeReplay:
-    """The episode replay; it prints its memory plan and refuses one that does not fit."""
+    """The episode replay; it prints its memory plan and refuses one that does not fit. With
+    the state estimator it keeps the estimate beside each frame."""
+    if estimator_applies(cfg):
+        spec = dataclasses.replace(spec, estimate_dim=spec.obs_shapes[ACHIEVED_GOAL][-1])
     return EpisodeReplay(cfg.replay, spec, device, seed=cfg.run.seed)
 
 

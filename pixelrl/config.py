@@ -3,10 +3,14 @@
 `tyro.cli` turns these dataclasses into the command line in `train.py` and `eval.py`; the
 docstring under each field becomes its `--help` text. Flags are flat (`--encoder`, not
 `--network.encoder`) so that the SB3 prototype's training command (the Stable-Baselines3
-pipeline pixelrl replaces, benchmarks/sb3_pipeline.py) works unchanged. Defaults are its
-winning recipe: ManipulationCNN + SpatialSoftmax + proprioception, critic-encoder routing, no
-DrQ, 500K buffer, HER future k=8, plus the per-dimension normalization of the vector inputs
-it lacked.
+pipeline pixelrl replaces, benchmarks/sb3_pipeline.py) works unchanged.
+
+Defaults are the measured recipe for pixel Push with the puck only in the image
+(benchmarks/learning.md): the networks read proprioception, the desired goal and a state
+estimator's estimate of the puck from a single 84x84 frame; the estimator (ManipulationCNN +
+SpatialSoftmax + normalized keypoints + an MLP head) learns from its own supervised loss, and
+SAC's updates read its stored estimates, no image. The SB3 prototype's settings are one
+command in the README.
 
 Nothing mutates a config after parsing; constructors take their own sub-config.
 """
@@ -23,7 +27,7 @@ GOAL_MODES = ("none", "desired", "both")
 ENCODERS = ("nature", "manip", "drqv2")
 KEYPOINT_TRUNKS = ("running", "layernorm", "linear", "none")
 STATE_ESTIMATES = ("off", "append", "only")
-ENCODER_GRADS = ("critic", "actor", "separate")
+ENCODER_GRADS = ("estimator", "critic", "actor", "separate")
 NEXT_OBS_ENCODERS = ("target", "online", "split")
 HER_STRATEGIES = ("future", "final", "episode")
 MIN_IMAGE_SIZE = 32
@@ -41,9 +45,10 @@ class EnvConfig:
     control run)."""
     no_pixels: bool = False
     """Observe robot proprioception plus goals only, no pixels (the vector-only ablation)."""
-    goal_mode: Literal["none", "desired", "both"] = "both"
+    goal_mode: Literal["none", "desired", "both"] = "desired"
     """Which goal vectors the networks see: none, desired, or both (achieved and desired). The
-    replay always keeps both for HER."""
+    replay always keeps both for HER. In Push the achieved goal is the puck's position: with
+    `desired` the networks find the puck in the image; with `both` it is also a vector input."""
     image_size: int = 84
     """Side of the square image the agent sees, in pixels (>= 32)."""
     native_render: bool = True
@@ -69,8 +74,9 @@ class EnvConfig:
     """Pixels mode: give the networks the robot's proprioception. --no-proprioception leaves
     pixels and goals only (the SB3 prototype's runs without --proprio); with --goal-mode desired the
     networks must then find the gripper in the image."""
-    frame_stack: int = 4
-    """Frames stacked for the policy (on the learner's device; workers return single frames)."""
+    frame_stack: int = 1
+    """Frames stacked for the networks (on the learner's device; workers return single
+    frames). The state estimator reads positions from one frame; the SB3 prototype stacked 4."""
     n_envs: int = 4
     """Parallel environments (one worker process each)."""
     vector: Literal["async", "sync"] = "async"
@@ -90,8 +96,9 @@ class EnvConfig:
 class ReplayConfig:
     """The episode replay buffer, HER relabeling and DrQ augmentation."""
 
-    buffer_size: int = 500_000
-    """Replay capacity in transitions (converted to whole episodes)."""
+    buffer_size: int = 300_000
+    """Replay capacity in transitions (converted to whole episodes). With pixels each takes
+    ~21 KB (one 84x84 frame): 6.4 GB for 300K, allocated at the start."""
     her_n_sampled_goal: int = 8
     """HER k: a fraction k/(k+1) of sampled transitions gets a relabeled goal (0 disables HER)."""
     her_strategy: Literal["future", "final", "episode"] = "future"
@@ -167,8 +174,9 @@ class NetworkConfig:
 class SACConfig:
     """Soft actor-critic."""
 
-    learning_rate: float = 1e-4
-    """Adam learning rate of actor, critic (and encoder) and entropy coefficient."""
+    learning_rate: float = 1e-3
+    """Adam learning rate of actor, critic, state estimator (or encoder) and entropy
+    coefficient."""
     encoder_lr: float | None = None
     """Adam learning rate of the image encoder (default: --learning-rate)."""
     gamma: float = 0.95
@@ -176,14 +184,20 @@ class SACConfig:
     tau: float = 0.005
     """Polyak coefficient of the target critic (and its encoder copy)."""
     batch_size: int = 256
-    """Transitions per gradient step."""
+    """Transitions per gradient step of SAC."""
     ent_coef: str = "0.05"
     """Entropy coefficient: a number (fixed) or 'auto' (learned, target entropy -|A|)."""
-    encoder_grad: Literal["critic", "actor", "separate"] = "critic"
-    """Which loss trains the image encoder: critic (DrQ-v2: shared encoder in the critic
+    encoder_grad: Literal["estimator", "critic", "actor", "separate"] = "estimator"
+    """Which loss trains the image encoder (pixels only). estimator: the auxiliary loss alone,
+    as a state estimator with its own optimizer, batch (--estimator-batch-size) and steps
+    (--estimator-gradient-steps); the replay keeps its estimate beside each frame, and SAC's
+    updates read those, no image (pixelrl/agents/estimator.py; needs --state-estimate only).
+    The others put the encoder in the RL update: critic (DrQ-v2: shared encoder in the critic
     optimizer), actor (SB3 share_features_extractor=True), separate (SB3 default: one each;
     the next action then always reads the actor's own encoder, whatever --next-obs-encoder
-    says, since it holds other weights: see pixelrl/agents/sac.py)."""
+    says, since it holds other weights: see pixelrl/agents/sac.py). With --state-estimate
+    only, no RL loss reaches the encoder under any of them: they differ only in which
+    optimizer carries the auxiliary loss, and each update encodes its batch's images."""
     clip_q_target: bool = False
     """Clip the critic's soft target to the range of returns, [r_min, r_max] / (1 - gamma):
     [-1/(1-gamma), 0] for Fetch's sparse rewards (OpenAI baselines' HER clips the same way).
@@ -195,6 +209,16 @@ class SACConfig:
     stores for HER, from the image features; it trains the encoder through the optimizer that
     owns it. Privileged information at training time only: acting never reads the achieved
     goal. Without pixels there is no image, and no auxiliary loss."""
+    estimator_batch_size: int = 32
+    """--encoder-grad estimator: frames per gradient step of the state estimator."""
+    estimator_gradient_steps: int = 1
+    """--encoder-grad estimator: gradient steps of the state estimator per training round
+    (every --train-freq vector steps, beside SAC's --gradient-steps)."""
+    estimate_refresh_episodes: int = 1
+    """--encoder-grad estimator: stored episodes whose estimates are rewritten by the current
+    estimator each training round, the stalest first (0: never), so that the estimates SAC
+    trains on follow the estimator as it improves. New episodes are estimated when they enter
+    the replay, in addition."""
     next_obs_encoder: Literal["target", "online", "split"] = "online"
     """Which encoder reads the next observation: online (the trained encoder, no gradient, for
     both the target Q and the next action: DrQ-v2; measured best from pixels,
@@ -211,8 +235,8 @@ class SACConfig:
     --state-estimate append or only, and --goal-mode desired or none (with both, the achieved
     goal is an input of both networks; without pixels there is no estimate); elsewhere it
     changes nothing. --no-privileged-critic: the critic reads the estimate, as the actor."""
-    gradient_steps: int = 1
-    """Gradient steps per training round."""
+    gradient_steps: int = 4
+    """Gradient steps of SAC per training round."""
     train_freq: int = 1
     """Vector-env steps between training rounds (1 = every vector step, as the SB3 prototype
     ran)."""
@@ -296,6 +320,16 @@ def privileged_critic_applies(cfg: TrainConfig) -> bool:
         and cfg.network.state_estimate != "off"
         and cfg.env.goal_mode != "both"
     )
+
+
+# The state estimator's own settings (SACConfig fields): they change nothing without it.
+ESTIMATOR_FIELDS = ("estimator_batch_size", "estimator_gradient_steps", "estimate_refresh_episodes")
+
+
+def estimator_applies(cfg: TrainConfig) -> bool:
+    """Whether the image is the state estimator's alone (--encoder-grad estimator): with pixels;
+    then SAC's updates read stored estimates and no image."""
+    return cfg.env.obs_mode == "pixels" and cfg.sac.encoder_grad == "estimator"
 
 
 class ConfigError(ValueError):
@@ -392,6 +426,18 @@ def validate(cfg: TrainConfig) -> None:
                 f"--state-estimate {n.state_estimate} (the default is only) reads the state "
                 "head, which --aux-coef > 0 trains; with --aux-coef 0 pass --state-estimate off"
             )
+        if s.encoder_grad == "estimator" and n.state_estimate != "only":
+            raise ConfigError(
+                f"--encoder-grad estimator (the default) has SAC read the stored estimate in "
+                f"the image's place, which --state-estimate {n.state_estimate} does not; with "
+                "it choose --encoder-grad critic, actor or separate"
+            )
+        if s.encoder_grad == "estimator" and r.drq:
+            raise ConfigError(
+                "--drq shifts the image, and with it where the state estimator must find "
+                "things (--encoder-grad estimator, the default); pass --no-drq, or "
+                "--encoder-grad critic with --state-estimate off"
+            )
     if n.features_dim is not None and n.features_dim < 1:
         raise ConfigError(f"--features-dim {n.features_dim}: must be >= 1")
     if n.obs_norm_clip <= 0:
@@ -414,6 +460,8 @@ def validate(cfg: TrainConfig) -> None:
     for flag, value in (
         ("--batch-size", s.batch_size),
         ("--gradient-steps", s.gradient_steps),
+        ("--estimator-batch-size", s.estimator_batch_size),
+        ("--estimator-gradient-steps", s.estimator_gradient_steps),
         ("--train-freq", s.train_freq),
         ("--total-steps", run.total_steps),
         ("--checkpoint-freq", run.checkpoint_freq),
@@ -431,6 +479,10 @@ def validate(cfg: TrainConfig) -> None:
         )
     if run.worker_timeout <= 0:
         raise ConfigError(f"--worker-timeout {run.worker_timeout}: must be > 0")
+    if s.estimate_refresh_episodes < 0:
+        raise ConfigError(
+            f"--estimate-refresh-episodes {s.estimate_refresh_episodes}: must be >= 0"
+        )
     if s.learning_starts < 0:
         raise ConfigError(f"--learning-starts {s.learning_starts}: must be >= 0")
     _require_choice("--amp", run.amp, ("none", "bf16"))

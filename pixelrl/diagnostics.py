@@ -55,3 +55,35 @@ def r_squared(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     residual = ((target - prediction) ** 2).sum()
     total = ((target - target.mean(0)) ** 2).sum().clamp_min(1e-12)
     return 1.0 - residual / total
+
+
+def where_things_are(
+    image_features: torch.Tensor,
+    achieved_goal: torch.Tensor,
+    estimate: torch.Tensor | None = None,
+    keypoints: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """The logged answer for one batch of stored observations (B rows each):
+
+    - `encoder/keypoints_std_across_batch`: the SpatialSoftmax coordinates' spread (if given);
+    - `probe/achieved_goal_r2`, `probe/achieved_goal_median_error_cm`: the `linear_probe` of
+      the achieved goal (metres) from the image features (B, F);
+    - `probe/state_estimate_median_error_cm`, `probe/state_estimate_r2`: the state head's
+      estimate (B, D) in metres, what the heads read, against the achieved goal.
+    """
+    out = {}
+    if keypoints is not None:
+        out["encoder/keypoints_std_across_batch"] = spread_across_batch(keypoints).mean()
+    achieved_goal = achieved_goal.double()
+    r2, error = linear_probe(image_features, achieved_goal)
+    out["probe/achieved_goal_r2"], out["probe/achieved_goal_median_error_cm"] = r2, 100 * error
+    if estimate is not None:
+        estimate = estimate.double()
+        out["probe/state_estimate_median_error_cm"] = median_distance_cm(estimate, achieved_goal)
+        out["probe/state_estimate_r2"] = r_squared(estimate, achieved_goal)
+    return out
+
+
+def median_distance_cm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Median over rows of the Euclidean distance between positions (B, D) in metres, in cm."""
+    return 100 * (a.double() - b.double()).norm(dim=-1).median()

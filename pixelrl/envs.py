@@ -33,6 +33,9 @@ PROPRIOCEPTION = "proprioception"
 STATE = "observation"
 ACHIEVED_GOAL = "achieved_goal"
 DESIRED_GOAL = "desired_goal"
+# Not from the env: the state estimator's estimate of the achieved goal from the image, in the
+# goal's units (metres), which the replay keeps beside each stored frame.
+STATE_ESTIMATE = "state_estimate"
 
 # Robot-only entries of the Fetch state vector. With an object (Push, Slide, PickAndPlace) the
 # 25-D vector is grip_pos[0:3], object_pos[3:6], object_rel_pos[6:9], gripper_state[9:11],

@@ -4,10 +4,13 @@ checkpoints and exact resume.
 One vector step, in order:
     1. act        random before --learning-starts, then the policy on the stacked frames
     2. send       the actions to the workers (they step in their own processes)
-    3. update     --gradient-steps SAC updates every --train-freq vector steps, while the
-                  workers step; an update cannot sample the transition being collected
+    3. update     a training round every --train-freq vector steps, while the workers step:
+                  with the state estimator (pixelrl/agents/estimator.py) its
+                  --estimator-gradient-steps and the estimates of the stalest stored episodes
+                  rewritten, then --gradient-steps SAC updates; an update cannot sample the
+                  transition being collected
     4. receive    the step; copy it to the device once; store it (episodes commit when
-                  complete); push the frames
+                  complete, and with the estimator get their estimates); push the frames
     5. account    episode stats, TensorBoard, progress bar, checkpoints, stop requests
 `--no-overlap` runs the same order without the concurrency (2-3 are sequential), so both give
 identical results.
@@ -47,7 +50,7 @@ from pixelrl.checkpoint import (
     save_checkpoint,
     to_tensor_tree,
 )
-from pixelrl.config import ConfigError, TrainConfig, to_dict, validate
+from pixelrl.config import ConfigError, TrainConfig, estimator_applies, to_dict, validate
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.logger import Logger
@@ -186,13 +189,17 @@ class MetricSums:
 
     def __init__(self, since: int):
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.counts: dict[str, int] = {}  # per metric: the estimator's steps are not SAC's
         self.since = since  # env step of the last reset
+
+    @property
+    def count(self) -> int:
+        return max(self.counts.values(), default=0)
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for key, value in metrics.items():
             self.sums[key] = self.sums[key] + value if key in self.sums else value.clone()
-        self.count += 1
+            self.counts[key] = self.counts.get(key, 0) + 1
 
     def check_finite(self, env_step: int) -> None:
         if not self.sums:
@@ -206,10 +213,10 @@ class MetricSums:
             )
 
     def means(self) -> dict[str, torch.Tensor]:
-        return {f"train/{k}": v / self.count for k, v in self.sums.items()}
+        return {f"train/{k}": v / self.counts[k] for k, v in self.sums.items()}
 
     def reset(self, env_step: int) -> None:
-        self.sums, self.count, self.since = {}, 0, env_step
+        self.sums, self.counts, self.since = {}, {}, env_step
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -232,6 +239,7 @@ class Trainer:
         # The replay checks its memory plan before anything else is allocated or started.
         self.replay = build_replay(cfg, self.spec, self.device)
         self.agent = build_agent(cfg, self.spec, obs_space, action_space, self.device)
+        self.estimating = estimator_applies(cfg)  # the image is the state estimator's alone
         self.state = TrainState(cfg.env.n_envs)
         self.updates_start = cfg.sac.learning_starts
         self.stop_requested = False
@@ -423,9 +431,7 @@ class Trainer:
                 and self.replay.num_episodes > 0
                 and st.vector_step % sac.train_freq == 0
             ):
-                for _ in range(sac.gradient_steps):
-                    metrics.add(self.agent.update(self.replay.sample(sac.batch_size)))
-                    st.n_updates += 1
+                self.train_round(metrics)
             # 4. Receive, store, push frames.
             step = self.venv.step_wait() if run.overlap else self.venv.step(actions)
             obs = self._store(actions, step)
@@ -453,6 +459,27 @@ class Trainer:
         print(f"\ncheckpoint: {self.last_checkpoint}")
         print(self.logger.summary(st.env_step))
 
+    def train_round(self, metrics: MetricSums) -> None:
+        """With the state estimator: its steps on stored frames, then the estimates of the
+        stalest stored episodes rewritten. Then SAC's steps (on vectors alone when the
+        estimator holds the image)."""
+        sac, replay, estimating = self.cfg.sac, self.replay, self.estimating
+        if estimating:
+            for _ in range(sac.estimator_gradient_steps):
+                frames, achieved_goal = replay.sample_frames(sac.estimator_batch_size)
+                metrics.add(self.agent.update_estimator(frames, achieved_goal))
+            self._write_estimates(sac.estimate_refresh_episodes)
+        for _ in range(sac.gradient_steps):
+            batch = replay.sample(sac.batch_size, pixels=not estimating)
+            metrics.add(self.agent.update(batch))
+            self.state.n_updates += 1
+
+    def _write_estimates(self, stalest: int) -> None:
+        """The current estimator's estimates for the episodes not estimated yet and the
+        `stalest` others (pixelrl/agents/estimator.py)."""
+        due = self.replay.stale_episodes(stalest)
+        self.replay.write_estimates(due, self.agent.estimate, self.state.env_step)
+
     def _act(self, obs: dict[str, torch.Tensor]) -> np.ndarray:
         """Random actions before --learning-starts, then the policy's (the one device sync)."""
         if self.state.env_step < self.cfg.sac.learning_starts:
@@ -473,9 +500,11 @@ class Trainer:
                 f"(restart {self.venv.restart_counts[i]})"
             )
         to_act_on, next_obs = upload_step(step.to_act_on, step.next_obs, step.done, self.device)
-        self.replay.add(
+        committed = self.replay.add(
             actions, next_obs, step.terminated, step.truncated, to_act_on, discard=step.lost
         )
+        if committed and self.estimating:  # what SAC reads of them, from the current estimator
+            self._write_estimates(stalest=0)
         if self.stack is not None:
             self.stack.push(to_act_on[PIXELS], step.new_episode)
         return to_act_on
@@ -495,4 +524,7 @@ class Trainer:
         if self.cfg.run.encoder_diagnostics and self.replay.num_episodes > 0:
             sample = self.replay.sample_observations(DIAGNOSTIC_SAMPLES, self.diagnostic_generator)
             scalars.update(self.agent.encoder_diagnostics(sample))
+        age = self.replay.estimate_age(st.env_step) if self.estimating else None
+        if age is not None:
+            scalars["estimate/age_env_steps"] = age
         self.logger.log(scalars, st.env_step)

@@ -76,6 +76,7 @@ def test_gpu_run_goes_end_to_end_in_smoke_mode_and_leaves_at_most_8_files(tmp_pa
         push_config = json.load(logs.extractfile(member))
     assert push_config["env"]["goal_mode"] == "desired" and push_config["env"]["frame_stack"] == 1
     assert push_config["sac"]["privileged_critic"] is True
+    assert push_config["sac"]["encoder_grad"] == "estimator"  # train.py's default recipe
     assert "failed (" not in result.stdout  # (a stage stopped at its cap keeps what it had)
 
 
@@ -286,17 +287,20 @@ def test_contact_hands_a_policy_that_stacks_fewer_frames_the_newest():
         contact.newest_frames(obs, 5)
 
 
-def test_update_cost_times_the_pixel_push_recipe_beside_its_no_pixels_control(monkeypatch):
-    """benchmarks/update_cost.py measures what it names: the pixel Push recipe (an image, the
-    privileged critic, the heads reading the 3-number estimate) and the no-pixels control,
-    whose heads read as many numbers, the achieved goal where the estimate is."""
+def test_update_cost_times_the_coupled_and_the_estimator_update_beside_the_control(monkeypatch):
+    """benchmarks/update_cost.py measures what it names: pixel Push with the image in SAC's
+    update (the coupled routing), SAC with the state estimator (no image in its update), and
+    the no-pixels control, whose heads read as many numbers."""
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # its `timing` import
     cost = _load("update_cost")
-    pixel = cost.make_agent(cost.PIXEL_PUSH_KEYS, "cpu")
-    no_pixels = cost.make_agent(cost.NO_PIXELS_KEYS, "cpu")
-    assert pixel.privileged_critic and pixel.critic_encoder.image is not None
+    coupled = cost.make_agent(cost.config("pixels", "critic"), "cpu")
+    split = cost.make_agent(cost.config("pixels"), "cpu")
+    no_pixels = cost.make_agent(cost.config("no-pixels"), "cpu")
+    assert coupled.privileged_critic and coupled.critic_encoder.image is not None
+    assert split.sac.privileged_critic and split.sac.critic_encoder.image is None
     assert no_pixels.critic_encoder.image is None
-    assert pixel.critic_encoder.features_dim == no_pixels.critic_encoder.features_dim
+    dims = [a.critic_encoder.features_dim for a in (coupled, split.sac, no_pixels)]
+    assert dims[0] == dims[1] == dims[2]
     rows = cost.main(["--batch-sizes", "4", "--seconds", "0"])
     assert [row["batch"] for row in rows] == [4]
     assert all(math.isfinite(value) and value > 0 for row in rows for value in row.values())

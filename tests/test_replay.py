@@ -7,16 +7,16 @@ import torch
 
 from pixelrl.buffers.augment import random_shift, shift_images
 from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
-from pixelrl.buffers.replay import EpisodeReplay, ReplaySpec
+from pixelrl.buffers.replay import NOT_ESTIMATED, EpisodeReplay, ReplaySpec
 from pixelrl.config import EnvConfig, ReplayConfig
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, STATE_ESTIMATE
 from pixelrl.envs import reward_params as env_reward_params
 from pixelrl.vector_env import FetchVectorEnv
 
 SIDE = 8
 
 
-def make_spec(T=10, n_envs=1, k=4, pixels=True) -> ReplaySpec:
+def make_spec(T=10, n_envs=1, k=4, pixels=True, estimate_dim=0) -> ReplaySpec:
     shapes = {}
     if pixels:
         shapes[PIXELS] = (3, SIDE, SIDE)
@@ -29,6 +29,7 @@ def make_spec(T=10, n_envs=1, k=4, pixels=True) -> ReplaySpec:
         frame_stack=k,
         distance_threshold=0.05,
         reward_type="sparse",
+        estimate_dim=estimate_dim,
     )
 
 
@@ -405,3 +406,85 @@ def test_envs_at_different_steps_stage_and_commit_correctly():
     assert s[PROPRIOCEPTION][1, :11, 1].tolist() == [float(i) for i in range(11)]
     assert (s[PROPRIOCEPTION][1, :11, 0] == 1).all()
     assert (s[PIXELS][1, :11, 1, 0, 0] == torch.arange(11, dtype=torch.uint8)).all()
+
+
+# ---------------------------------------------------------------- stored state estimates
+def frame_code(frames: torch.Tensor) -> torch.Tensor:
+    """A stand-in estimator: (B, 3k, H, W) -> (B, 3) that reads every frame of the stack, so a
+    wrong frame (another step, another episode) gives another value."""
+    k = frames.shape[1] // 3
+    per_frame = frames.view(len(frames), k, 3, SIDE, SIDE)[:, :, :, 0, 0].float()
+    weights = torch.arange(1, k + 1, dtype=torch.float32)[None, :, None]
+    return (per_frame * weights).sum(1)
+
+
+def test_frames_at_reads_each_steps_stack_the_final_step_included():
+    k, T = 3, 10
+    replay = replay_for(make_spec(T=T, k=k), buffer_size=40)
+    fill(replay, [0, 1, 2], [10, 4, 10])
+    episode = torch.tensor([e for e in range(3) for _ in range(T + 1)])
+    t = torch.arange(T + 1).repeat(3)
+    stacks = replay.frames_at(episode, t)
+    frames = replay.storage[PIXELS]
+    for i in range(len(t)):
+        e, step = int(episode[i]), int(t[i])
+        naive = torch.cat([frames[e, max(0, step - k + 1 + j)] for j in range(k)])
+        assert torch.equal(stacks[i], naive)
+    # Where both apply it is the obs stack of gather_frames; at the final step, its next obs.
+    obs, next_obs = replay.gather_frames(torch.tensor([0, 0]), torch.tensor([5, 9]))
+    both = replay.frames_at(torch.tensor([0, 0, 0]), torch.tensor([5, 9, 10]))
+    assert torch.equal(both[:2], obs) and torch.equal(both[2], next_obs[1])
+
+
+def test_estimates_are_written_for_new_episodes_first_then_the_stalest():
+    replay = replay_for(make_spec(T=10, k=2, estimate_dim=3), buffer_size=40)  # 4 episodes
+    assert STATE_ESTIMATE not in replay.staging  # written after commit, never staged
+    fill(replay, [0, 1, 2], [10] * 3)
+    assert list(replay.stale_episodes(0)) == [0, 1, 2]  # none estimated yet: all due
+    replay.write_estimates(replay.stale_episodes(0), frame_code, env_step=100)
+    assert list(replay.stale_episodes(0)) == []
+    replay.write_estimates(np.array([0]), frame_code, env_step=200)
+    assert list(replay.stale_episodes(1)) == [1]  # written at 100, before slot 0's 200
+    assert list(replay.stale_episodes(2)) == [1, 2]
+    assert replay.estimate_age(300) == 300 - (200 + 100 + 100) / 3
+    # Every step of an estimated episode holds the estimate of its own frame stack.
+    steps = torch.arange(11)
+    for slot in range(3):
+        expected = frame_code(replay.frames_at(torch.full((11,), slot), steps))
+        assert torch.equal(replay.storage[STATE_ESTIMATE][slot], expected)
+    # A committed episode waits for its estimates, and is due before any stale one; the ring
+    # wraps onto slot 0, whose old estimates no longer count.
+    fill(replay, [3, 4], [10, 10])
+    assert replay.host_estimated_at[:4].tolist() == [NOT_ESTIMATED, 100, 100, NOT_ESTIMATED]
+    assert list(replay.stale_episodes(1)) == [0, 3, 1]
+
+
+def test_sampling_without_pixels_reads_the_stored_estimates_of_obs_and_next_obs():
+    replay = replay_for(make_spec(T=10, k=2, estimate_dim=3), buffer_size=40)
+    fill(replay, [0, 1], [10, 10])
+    replay.write_estimates(replay.stale_episodes(0), frame_code, env_step=0)
+    batch = replay.sample(64, pixels=False)
+    assert PIXELS not in batch.obs and PIXELS not in batch.next_obs
+    episode = batch.obs[PROPRIOCEPTION][:, 0].long()  # step_obs codes (episode, step) here
+    t = batch.obs[PROPRIOCEPTION][:, 1].long()
+    torch.testing.assert_close(batch.obs[STATE_ESTIMATE], frame_code(replay.frames_at(episode, t)))
+    torch.testing.assert_close(
+        batch.next_obs[STATE_ESTIMATE], frame_code(replay.frames_at(episode, t + 1))
+    )
+    frames, achieved_goal = replay.sample_frames(32)
+    assert frames.shape == (32, 6, SIDE, SIDE) and frames.dtype == torch.uint8
+    # The estimator's target is the achieved goal of the same step as its newest frame.
+    torch.testing.assert_close(achieved_goal[:, 1], frames[:, -2, 0, 0].float())
+
+
+def test_estimates_survive_save_and_load(tmp_path):
+    spec = make_spec(T=10, k=2, estimate_dim=3)
+    replay = replay_for(spec, buffer_size=40)
+    fill(replay, [0, 1, 2], [10] * 3)
+    replay.write_estimates(np.array([1]), frame_code, env_step=7)
+    replay.save(tmp_path / "r")
+    loaded = replay_for(spec, buffer_size=40)
+    loaded.load(tmp_path / "r")
+    assert torch.equal(loaded.storage[STATE_ESTIMATE], replay.storage[STATE_ESTIMATE])
+    assert loaded.host_estimated_at.tolist() == replay.host_estimated_at.tolist()
+    assert list(loaded.stale_episodes(0)) == [0, 2]

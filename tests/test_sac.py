@@ -24,22 +24,24 @@ KEYS = list(SHAPES)
 LOW, HIGH = [-1.0] * 4, [1.0] * 4
 
 
-def random_obs(b: int, gen: torch.Generator) -> dict:
+def random_obs(b: int, gen: torch.Generator, pixels=SHAPES[PIXELS]) -> dict:
     return {
-        PIXELS: torch.randint(0, 256, (b, *SHAPES[PIXELS]), dtype=torch.uint8, generator=gen),
+        PIXELS: torch.randint(0, 256, (b, *pixels), dtype=torch.uint8, generator=gen),
         PROPRIOCEPTION: torch.randn(b, 10, generator=gen),
         ACHIEVED_GOAL: torch.rand(b, 3, generator=gen),
         DESIRED_GOAL: torch.rand(b, 3, generator=gen),
     }
 
 
-def random_batch(b: int = 8, seed: int = 0) -> Batch:
+def random_batch(b: int = 8, seed: int = 0, pixels=SHAPES[PIXELS]) -> Batch:
+    """obs and next obs of `random_obs` (stacked pixels of shape `pixels`), random actions
+    and sparse rewards, nothing terminated."""
     gen = torch.Generator().manual_seed(seed)
     return Batch(
-        obs=random_obs(b, gen),
+        obs=random_obs(b, gen, pixels),
         action=torch.rand(b, 4, generator=gen) * 2 - 1,
         reward=-(torch.rand(b, generator=gen) > 0.5).float(),
-        next_obs=random_obs(b, gen),
+        next_obs=random_obs(b, gen, pixels),
         terminated=torch.zeros(b),
     )
 

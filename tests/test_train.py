@@ -154,6 +154,11 @@ def test_end_to_end_run_and_eval(tmp_path):
         "encoder/proprioception_std_across_batch",
         "probe/achieved_goal_r2",
         "probe/achieved_goal_median_error_cm",
+        "probe/state_estimate_median_error_cm",
+        "estimate/stored_error_cm",
+        "estimate/staleness_cm",
+        "estimate/age_env_steps",
+        "train/aux_loss",
     } <= tags
     assert [e.step for e in events.Scalars("time/fps")] == [40, 80, 120, 160, 200]
     steps = [int(p.name.split("_")[1]) for p in list_checkpoints(run_dir)]
@@ -267,8 +272,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, split):
     assert arrays_a.keys() == arrays_b.keys()
     for name in arrays_a:
         np.testing.assert_array_equal(arrays_a[name], arrays_b[name], err_msg=name)
-    for key, value in state_a["agent"]["networks"].items():
-        assert torch.equal(value, state_b["agent"]["networks"][key]), key
+    for part in ("networks", "estimator"):  # SAC's, and the state estimator's (the default)
+        for key, value in state_a["agent"][part].items():
+            assert torch.equal(value, state_b["agent"][part][key]), key
     # The input normalization statistics are part of what resume restores exactly.
     assert state_b["agent"]["networks"]["normalizer.stats.goal.count"] > 0
 

@@ -66,9 +66,9 @@ from torch import nn
 
 from pixelrl.buffers.replay import Batch
 from pixelrl.config import NetworkConfig, SACConfig, parse_ent_coef
-from pixelrl.diagnostics import linear_probe, r_squared, spread_across_batch
-from pixelrl.envs import ACHIEVED_GOAL, PIXELS
-from pixelrl.nets.encoders import STATE_ESTIMATE, ObservationEncoder
+from pixelrl.diagnostics import spread_across_batch, where_things_are
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, STATE_ESTIMATE
+from pixelrl.nets.encoders import ObservationEncoder
 from pixelrl.nets.heads import SquashedGaussianActor, TwinQ
 from pixelrl.nets.normalize import ObservationNormalizer
 
@@ -112,8 +112,11 @@ class SAC(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.routing = cfg.encoder_grad
-        if self.routing not in ("critic", "actor", "separate"):
-            raise ValueError(f"--encoder-grad {self.routing!r}: choose critic, actor, separate")
+        if PIXELS in keys and self.routing not in ("critic", "actor", "separate"):
+            raise ValueError(
+                f"--encoder-grad {self.routing!r}: SAC encodes images with critic, actor or "
+                "separate (with estimator the image is pixelrl.agents.estimator's alone)"
+            )
         action_dim = len(action_low)
         hidden = net_cfg.hidden_sizes
         self.q_target_bounds = (
@@ -129,9 +132,10 @@ class SAC(nn.Module):
 
         # Inputs: vectors normalized with running statistics (buffers, saved with the weights).
         # The achieved goal is normalized even where the networks do not read it: it is the
-        # auxiliary loss's target, in the units of the goals the networks do read.
+        # auxiliary loss's target, and a stored estimate's units, those of the goals the
+        # networks do read (and the privileged critic reads it).
         norm_keys = list(keys)
-        if self.aux and ACHIEVED_GOAL not in norm_keys:
+        if (self.aux or STATE_ESTIMATE in keys) and ACHIEVED_GOAL not in norm_keys:
             norm_keys.append(ACHIEVED_GOAL)
         self.normalizer = ObservationNormalizer(
             obs_shapes,
@@ -389,18 +393,14 @@ class SAC(nn.Module):
         image = encoder.image
         if image is None:
             return out
+        keypoints = None
         if image.spatial_softmax is not None:
             keypoints = image.pre_trunk(obs[PIXELS])
-            out["encoder/keypoints_std_across_batch"] = spread_across_batch(keypoints).mean()
             out["encoder/spatial_softmax_temperature"] = image.spatial_softmax.temperature[0]
-        achieved_goal = obs[ACHIEVED_GOAL].double()
-        r2, error = linear_probe(parts[PIXELS], achieved_goal)
-        out["probe/achieved_goal_r2"], out["probe/achieved_goal_median_error_cm"] = r2, 100 * error
+        estimate = None
         if encoder.state_head is not None:
-            estimate = self._estimate_in_goal_units(parts[PIXELS]).double()
-            distance = (estimate - achieved_goal).norm(dim=-1)
-            out["probe/state_estimate_median_error_cm"] = 100 * distance.median()
-            out["probe/state_estimate_r2"] = r_squared(estimate, achieved_goal)
+            estimate = self._estimate_in_goal_units(parts[PIXELS])
+        out.update(where_things_are(parts[PIXELS], obs[ACHIEVED_GOAL], estimate, keypoints))
         return out
 
     def _estimate_in_goal_units(self, image_features: torch.Tensor) -> torch.Tensor:

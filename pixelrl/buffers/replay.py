@@ -9,6 +9,12 @@ Storage (allocated once on the learner's device, zero-filled so memory is really
     lengths       int64   [E]                steps actually taken (<= T)
     terminated    bool    [E]                the episode ended by termination, not truncation
 
+and, for a run whose state estimator reads the image (`ReplaySpec.estimate_dim` > 0):
+
+    state_estimate float32 [E, T+1, G]       its estimate of the achieved goal from each
+                                             step's frames (metres), what SAC reads
+    estimated_at   int64   [E]               env step at which they were written (-1: not yet)
+
 An episode enters the ring only when it is complete: each of the N envs writes into its own
 staging slot, committed when the env reports done. When the ring is full the oldest episode is
 overwritten.
@@ -16,7 +22,10 @@ overwritten.
 `sample` draws transitions uniformly, rebuilds frame stacks of k by index gather (clamped at
 the episode's first step, as a reset repeats its first frame), relabels goals with HER and
 recomputes rewards with the env's rule, and optionally applies DrQ's shift. Pixels are
-returned as uint8; the encoder converts them to float once.
+returned as uint8; the encoder converts them to float once. A learner that reads no image
+samples without them (`pixels=False`); the estimator samples frames and their achieved goal
+(`sample_frames`). Estimates are written by `write_estimates`, to the episodes
+`stale_episodes` names: those not yet estimated, then the stalest.
 
 Memory per transition at 84x84 with proprioception: 21,168 B of frame x (T+1)/T plus ~70 B of
 vectors and actions, versus SB3's 169,600 B (obs and next_obs both stored frame-stacked).
@@ -43,8 +52,13 @@ from pixelrl.envs import (
     PROPRIO_GRIP_DISPLACEMENT,
     PROPRIO_GRIP_POS,
     PROPRIOCEPTION,
+    STATE_ESTIMATE,
 )
 from pixelrl.transfer import to_device
+
+ESTIMATED_AT = "estimated_at"
+NOT_ESTIMATED = -1
+ESTIMATE_EPISODES_PER_PASS = 4  # episodes estimated per encoder call: 204 frames of 84x84
 
 # Kept free on top of the buffer: the learner's networks, batches and the OS need room too.
 MEMORY_HEADROOM_FRACTION = 0.9
@@ -62,6 +76,7 @@ class ReplaySpec:
     frame_stack: int
     distance_threshold: float
     reward_type: str
+    estimate_dim: int = 0  # > 0: keep the state estimator's estimate beside each frame
 
 
 @dataclass
@@ -107,6 +122,7 @@ def episode_bytes(spec: ReplaySpec) -> int:
         else:
             total += steps * math.prod(shape) * 4
     total += spec.max_episode_steps * spec.action_dim * 4
+    total += steps * spec.estimate_dim * 4 + (8 if spec.estimate_dim else 0)
     return total + 8 + 1
 
 
@@ -197,10 +213,12 @@ class EpisodeReplay:
             )
 
         self.vector_keys = [k for k in spec.obs_shapes if k not in (PIXELS, DESIRED_GOAL)]
+        if spec.estimate_dim:
+            self.vector_keys.append(STATE_ESTIMATE)
         self.has_pixels = PIXELS in spec.obs_shapes
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
-        self.storage = self._allocate(self.capacity)
+        self.storage = self._allocate(self.capacity, with_estimates=spec.estimate_dim > 0)
         self.staging = self._allocate(spec.n_envs)
         self.staged_steps = np.zeros(spec.n_envs, dtype=np.int64)  # actions staged per env
         self.next_slot = 0  # ring position of the next committed episode
@@ -209,12 +227,15 @@ class EpisodeReplay:
         self.transitions_committed = 0  # ever committed (overwritten ones included)
         # Episode lengths are kept on the host too, so that sampling never reads the device.
         self.host_lengths = np.zeros(self.capacity, dtype=np.int64)
+        self.host_estimated_at = np.full(self.capacity, NOT_ESTIMATED, dtype=np.int64)
         self.num_transitions = 0  # transitions stored (host)
         self._cumulative_lengths = torch.zeros(0, dtype=torch.int64, device=self.device)
 
     # ------------------------------------------------------------------ storage
-    def _allocate(self, n: int) -> dict[str, torch.Tensor]:
-        """Zero-filled tensors for n episodes; zeros touch every page, so failure is now."""
+    def _allocate(self, n: int, with_estimates: bool = False) -> dict[str, torch.Tensor]:
+        """Zero-filled tensors for n episodes; zeros touch every page, so failure is now.
+        `with_estimates`: also the state estimates and when they were written (storage only:
+        they are written after an episode is committed)."""
         spec, steps, dev = self.spec, self.spec.max_episode_steps + 1, self.device
         out = {}
         for key, shape in spec.obs_shapes.items():
@@ -229,6 +250,10 @@ class EpisodeReplay:
         )
         out["lengths"] = torch.zeros(n, dtype=torch.int64, device=dev)
         out["terminated"] = torch.zeros(n, dtype=torch.bool, device=dev)
+        if with_estimates:
+            shape = (n, steps, spec.estimate_dim)
+            out[STATE_ESTIMATE] = torch.zeros(shape, dtype=torch.float32, device=dev)
+            out[ESTIMATED_AT] = torch.full((n,), NOT_ESTIMATED, dtype=torch.int64, device=dev)
         return out
 
     # ------------------------------------------------------------------ adding
@@ -329,6 +354,9 @@ class EpisodeReplay:
         self.storage["lengths"][dst] = to_device(self.staged_steps[envs], self.device)
         self.storage["terminated"][dst] = to_device(terminated, self.device)
         self.host_lengths[slots] = self.staged_steps[envs]
+        if ESTIMATED_AT in self.storage:  # a new episode's frames wait for their estimates
+            self.storage[ESTIMATED_AT][dst] = NOT_ESTIMATED
+            self.host_estimated_at[slots] = NOT_ESTIMATED
         self.next_slot = int((self.next_slot + n) % self.capacity)
         self.num_episodes = min(self.capacity, self.num_episodes + n)
         self.num_transitions = int(self.host_lengths[: self.num_episodes].sum())
@@ -361,26 +389,42 @@ class EpisodeReplay:
         another episode.
         """
         k = self.spec.frame_stack
+        window = self._frame_window(episode, t, k + 1)
+        b, _, c, h, w = window.shape
+        obs = window[:, :k].reshape(b, k * c, h, w)
+        next_obs = window[:, 1:].reshape(b, k * c, h, w)
+        return obs, next_obs
+
+    def frames_at(self, episode: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The frame stacks of steps t (0 <= t <= length, the final observation included),
+        uint8 (B, 3k, H, W), clamped at the episode's first step as `gather_frames`."""
+        k = self.spec.frame_stack
+        window = self._frame_window(episode, t, k)
+        b, _, c, h, w = window.shape
+        return window.reshape(b, k * c, h, w)
+
+    def _frame_window(self, episode: torch.Tensor, t: torch.Tensor, count: int) -> torch.Tensor:
+        """Frames of steps t-k+1 .. t-k+count (clamped at 0) of each episode: (B, count, 3, H,
+        W)."""
+        k = self.spec.frame_stack
         frames = self.storage[PIXELS]
         e, steps_per_episode, c, h, w = frames.shape
-        offsets = torch.arange(-k + 1, 2, device=self.device)  # (k+1,)
+        offsets = torch.arange(-k + 1, count - k + 1, device=self.device)  # (count,)
         steps = (t[:, None] + offsets).clamp_(min=0)
         # index_select over flat (episode, step) rows copies whole frames; advanced indexing
         # of the 5-D tensor takes ~8x longer on a CPU.
         rows = (episode[:, None] * steps_per_episode + steps).reshape(-1)
         flat = frames.view(e * steps_per_episode, c * h * w)
-        window = flat.index_select(0, rows).view(len(t), k + 1, c, h, w)
-        b = len(t)
-        obs = window[:, :k].reshape(b, k * c, h, w)
-        next_obs = window[:, 1:].reshape(b, k * c, h, w)
-        return obs, next_obs
+        return flat.index_select(0, rows).view(len(t), count, c, h, w)
 
-    def sample(self, batch_size: int) -> Batch:
+    def sample(self, batch_size: int, pixels: bool = True) -> Batch:
+        """A batch of transitions, HER-relabeled; `pixels=False` leaves the frames out (for a
+        learner that reads the stored estimates instead)."""
         episode, t = self.sample_indices(batch_size)
         s, cfg = self.storage, self.cfg
         obs: dict[str, torch.Tensor] = {}
         next_obs: dict[str, torch.Tensor] = {}
-        if self.has_pixels:
+        if self.has_pixels and pixels:
             obs[PIXELS], next_obs[PIXELS] = self.gather_frames(episode, t)
             if cfg.drq:
                 obs[PIXELS] = random_shift(obs[PIXELS], cfg.drq_pad, self.generator)
@@ -406,6 +450,43 @@ class EpisodeReplay:
         )
         terminated = (s["terminated"][episode] & (t == lengths - 1)).float()
         return Batch(obs, s["actions"][episode, t], reward, next_obs, terminated)
+
+    def sample_frames(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For the state estimator: frame stacks (B, 3k, H, W) uint8 of uniformly drawn stored
+        steps and their achieved goal (B, G), as stored (no HER, no DrQ)."""
+        episode, t = self.sample_indices(batch_size)
+        return self.frames_at(episode, t), self.storage[ACHIEVED_GOAL][episode, t]
+
+    def stale_episodes(self, count: int) -> np.ndarray:
+        """Ring slots whose estimates are due: every episode not yet estimated, then the `count`
+        estimated longest ago (ties in ring order)."""
+        written = self.host_estimated_at[: self.num_episodes]
+        order = np.argsort(written, kind="stable")  # NOT_ESTIMATED (-1) sorts first
+        return order[: int((written == NOT_ESTIMATED).sum()) + count]
+
+    @torch.no_grad()
+    def write_estimates(self, slots: np.ndarray, estimate, env_step: int) -> None:
+        """Store `estimate(frames)` (frames (B, 3k, H, W) uint8 -> (B, G) metres) for every
+        step 0..T of the episodes in `slots` (steps past an episode's length are estimated too,
+        and never sampled), noting `env_step` as when."""
+        if len(slots) == 0:
+            return
+        steps = self.spec.max_episode_steps + 1
+        t = torch.arange(steps, device=self.device)
+        for start in range(0, len(slots), ESTIMATE_EPISODES_PER_PASS):
+            chunk = to_device(slots[start : start + ESTIMATE_EPISODES_PER_PASS], self.device)
+            episode = chunk.repeat_interleave(steps)
+            values = estimate(self.frames_at(episode, t.repeat(len(chunk))))
+            self.storage[STATE_ESTIMATE][chunk] = values.view(len(chunk), steps, -1)
+            self.storage[ESTIMATED_AT][chunk] = env_step
+        self.host_estimated_at[slots] = env_step
+
+    def estimate_age(self, env_step: int) -> float | None:
+        """Mean env steps since the stored episodes' estimates were written (None if none
+        was yet)."""
+        written = self.host_estimated_at[: self.num_episodes]
+        written = written[written != NOT_ESTIMATED]
+        return float(env_step - written.mean()) if len(written) else None
 
     def sample_observations(
         self, batch_size: int, generator: torch.Generator
@@ -506,6 +587,8 @@ class EpisodeReplay:
         self.episodes_committed = meta["episodes_committed"]
         self.staged_steps = np.asarray(meta["staged_steps"], dtype=np.int64)
         self.host_lengths = self.storage["lengths"].cpu().numpy().copy()
+        if ESTIMATED_AT in self.storage:
+            self.host_estimated_at = self.storage[ESTIMATED_AT].cpu().numpy().copy()
         self.num_transitions = int(self.host_lengths[: self.num_episodes].sum())
         # Saved before the count existed: the stored ones are the least that were committed.
         self.transitions_committed = meta.get("transitions_committed", self.num_transitions)

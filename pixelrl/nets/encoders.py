@@ -32,10 +32,9 @@ import torch
 from torch import nn
 
 from pixelrl.config import NetworkConfig
-from pixelrl.envs import PIXELS
+from pixelrl.envs import PIXELS, STATE_ESTIMATE
 from pixelrl.nets.heads import mlp
 
-STATE_ESTIMATE = "state_estimate"  # the state head's estimate, as a part of the features
 STATE_HEAD_HIDDEN = (256,)  # the state head: image features -> 256 -> ReLU -> estimate
 
 
@@ -314,7 +313,7 @@ class ObservationEncoder(nn.Module):
                 out[key] = self.image(obs[key], update_stats)
             else:
                 out[key] = obs[key].float().flatten(1)
-        if STATE_ESTIMATE in self.inputs:
+        if self.state_head is not None and STATE_ESTIMATE in self.inputs:
             out[STATE_ESTIMATE] = self.state_head(out[PIXELS]).detach()
         return out
 

@@ -11,8 +11,10 @@ The statistics are running means and variances over every batch the update sampl
 follow the data the networks are trained on (relabeled goals included) and keep up as the
 agent reaches new states. The achieved and desired goals share one set of statistics: both
 are positions in the same space, and with one shared scale the difference the reward depends
-on, achieved - desired, stays a difference after normalization. Pixels are not touched (the
-encoder scales them). The statistics are buffers of the agent, so they are saved in
+on, achieved - desired, stays a difference after normalization. The state estimator's estimate
+of the achieved goal is scaled with the same statistics but never changes them: they describe
+the true goals, and the estimate is read in their units. Pixels are not touched (the encoder
+scales them). The statistics are buffers of the agent, so they are saved in
 checkpoints and restored by --resume with everything else.
 """
 
@@ -21,9 +23,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, STATE_ESTIMATE
 
 GOAL = "goal"  # the statistics group of achieved_goal and desired_goal
+GOAL_KEYS = (ACHIEVED_GOAL, DESIRED_GOAL, STATE_ESTIMATE)
+SCALED_ONLY = (STATE_ESTIMATE,)  # scaled with their group's statistics, never added to them
 
 
 class RunningMeanStd(nn.Module):
@@ -103,7 +107,7 @@ class ObservationNormalizer(nn.Module):
         for key in keys if enabled else []:
             if key == PIXELS:
                 continue
-            group = GOAL if key in (ACHIEVED_GOAL, DESIRED_GOAL) else key
+            group = GOAL if key in GOAL_KEYS else key
             self.groups.setdefault(group, []).append(key)
         dims = {group: obs_shapes[group_keys[0]][-1] for group, group_keys in self.groups.items()}
         for group, group_keys in self.groups.items():
@@ -121,8 +125,10 @@ class ObservationNormalizer(nn.Module):
         if self.freeze_after is not None:
             weight = (self.batches_seen < self.freeze_after).to(torch.float64)
         for group, group_keys in self.groups.items():
-            rows = torch.cat([obs[k].flatten(1) for k in group_keys])
-            self.stats[group].update(rows, weight)
+            counted = [k for k in group_keys if k not in SCALED_ONLY]
+            if counted:
+                rows = torch.cat([obs[k].flatten(1) for k in counted])
+                self.stats[group].update(rows, weight)
         self.batches_seen.add_(1)
 
     def _scale(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:
