@@ -34,11 +34,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pixelrl.agents.estimator import EstimatorAgent
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import read_saved_episodes
 from pixelrl.build import load_saved_replay
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIO_GRIP_POS, PROPRIOCEPTION
-from pixelrl.nets.encoders import STATE_ESTIMATE
+from pixelrl.envs import (
+    ACHIEVED_GOAL,
+    DESIRED_GOAL,
+    PIXELS,
+    PROPRIO_GRIP_POS,
+    PROPRIOCEPTION,
+    STATE_ESTIMATE,
+)
 from pixelrl.policy import load_policy
 
 MOVED_M, SUCCESS_M, NEAR_M, FAR_M = 0.01, 0.05, 0.06, 0.05
@@ -104,9 +111,11 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
     return rows
 
 
-def actions_with_the_true_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+def actions_with_the_true_goal(agent, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
     """The deterministic actions (B, A) when the actor reads the normalized achieved goal where
     it reads the state head's estimate of it; None for an agent that reads no estimate."""
+    if isinstance(agent, EstimatorAgent):  # SAC on vectors: the truth in the estimate's slot
+        return agent.sac.act({**obs, STATE_ESTIMATE: obs[ACHIEVED_GOAL]}, deterministic=True)
     normalized = agent.normalizer(obs)
     parts = agent.actor_encoder.parts(normalized)
     if STATE_ESTIMATE not in parts:
@@ -129,7 +138,7 @@ def newest_frames(obs: dict[str, torch.Tensor], frame_stack: int) -> dict[str, t
     return obs | {PIXELS: obs[PIXELS][:, -channels:]}
 
 
-def heading_to_goal(agent: SAC, obs: dict[str, torch.Tensor]) -> dict[str, float]:
+def heading_to_goal(agent: SAC | EstimatorAgent, obs: dict[str, torch.Tensor]) -> dict[str, float]:
     """On `obs` (dict of (B, ...)), the mean cosine, in the table's plane, between the
     deterministic action and the direction from the gripper to the achieved goal (`cos`); the
     same against another state's direction (`cos_shuffled`, a policy's score for ignoring where

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict], dict | 
     for repeat in range(a.repeats):
         obs = replay.sample_observations(DIAGNOSTIC_SAMPLES, generator)
         above = obs[ACHIEVED_GOAL][:, 2] >= a.min_height
-        if agent.critic_encoder.state_head is not None and PROPRIOCEPTION in obs:
+        if agent.has_state_estimate and PROPRIOCEPTION in obs:
             goal = obs[ACHIEVED_GOAL][above]
             estimate = agent.estimate_achieved_goal({k: v[above] for k, v in obs.items()})
             errors.append((estimate - goal).norm(dim=-1) * 100)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict], dict | 
             )
     bins = error_by_distance(errors, distances, a.min_height)
     moving = None
-    if agent.critic_encoder.state_head is not None:
+    if agent.has_state_estimate:
         moving = error_while_moving(agent, replay, generator)
     return rows, bins, moving
 

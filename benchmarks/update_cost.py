@@ -30,14 +30,15 @@ import gymnasium as gym
 import numpy as np
 import torch
 from timing import calls_per_second
+from update import SHAPES as STACKED_SHAPES
 from update import make_batch
 
 from pixelrl.buffers.replay import Batch, ReplaySpec
 from pixelrl.build import build_agent
 from pixelrl.config import EnvConfig, SACConfig, TrainConfig
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, STATE_ESTIMATE
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, STATE_ESTIMATE
 
-SHAPES = {PIXELS: (3, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)}
+SHAPES = STACKED_SHAPES | {PIXELS: (3, 84, 84)}  # update.py's obs with one frame: --frame-stack 1
 EPISODE_FRAMES = 51  # a Fetch episode's stored frames: 50 steps and the final observation
 
 

@@ -3,8 +3,10 @@ TensorBoard events.
 
     python -m pixelrl.plot runs/manip/seed0 runs/manip_DrQ/seed0 --out curves.png
 
-Panels, sharing the step axis: rollout/success_rate, train/critic_loss, train/actor_loss, and
-with --probe the encoder probe's median error of the achieved goal (cm). Each
+Panels, sharing the step axis: rollout/success_rate, train/critic_loss, train/actor_loss, with
+--probe the encoder probe's median error of the achieved goal (cm), and with --estimate how far
+the state estimates SAC trains on are from the truth and from the current estimator, beside
+the current estimator's own error (cm; pixelrl/agents/estimator.py). Each
 run directory (or any directory holding event files) is one curve, labelled by its path. Runs
 that are seeds of one config (runs/<tag>/seed0, seed1, ...) become one curve: the mean
 across seeds with a band from the lowest to the highest seed, up to the step all of them
@@ -27,6 +29,12 @@ PANELS = (
 )
 # --probe: does the encoder know where things are (pixelrl.diagnostics), next to success.
 PROBE_PANEL = ("probe/achieved_goal_median_error_cm", "probe: median error (cm)")
+# --estimate: the stored estimates' staleness (the state estimator's runs).
+ESTIMATE_PANELS = (
+    ("estimate/stored_error_cm", "stored estimate\nvs truth (cm)"),
+    ("estimate/staleness_cm", "stored estimate vs\ncurrent estimator (cm)"),
+    ("probe/state_estimate_median_error_cm", "current estimator\nvs truth (cm)"),
+)
 
 
 def find_runs(paths) -> list[Path]:
@@ -98,9 +106,12 @@ def seed_band(curves: list[tuple[list[int], list[float]]]):
     return grid, values.mean(0), values.min(0), values.max(0)
 
 
-def plot(paths, out: str | Path, title: str | None = None, probe: bool = False) -> Path:
-    """The figure of the runs under `paths`; `probe` adds a fourth panel, the held-out linear
-    probe's median error of the achieved goal from the image features."""
+def plot(
+    paths, out: str | Path, title: str | None = None, probe: bool = False, estimate: bool = False
+) -> Path:
+    """The figure of the runs under `paths`; `probe` adds a panel, the held-out linear probe's
+    median error of the achieved goal from the image features; `estimate` three, the state
+    estimates' errors (ESTIMATE_PANELS)."""
     try:
         import matplotlib
 
@@ -109,7 +120,7 @@ def plot(paths, out: str | Path, title: str | None = None, probe: bool = False) 
     except ImportError as err:
         raise SystemExit("the plot needs matplotlib: pip install -e .[plot]") from err
     groups = group_seeds(find_runs(paths))
-    panels = (*PANELS, PROBE_PANEL) if probe else PANELS
+    panels = (*PANELS, *([PROBE_PANEL] if probe else []), *(ESTIMATE_PANELS if estimate else []))
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True)
     drawn = 0
     for label, runs in groups.items():
@@ -154,9 +165,14 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--probe", action="store_true", help="add the encoder probe's median error (cm)"
     )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="add the stored state estimates' error against the truth and the current estimator",
+    )
     args = parser.parse_args(argv)
     try:
-        path = plot(args.runs, args.out, args.title, probe=args.probe)
+        path = plot(args.runs, args.out, args.title, probe=args.probe, estimate=args.estimate)
     except FileNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -230,12 +230,12 @@ GOAL_FROM_PIXELS = [PIXELS, PROPRIOCEPTION, DESIRED_GOAL]  # --goal-mode desired
 
 
 def _agent(privileged=True, state_estimate="only", keys=GOAL_FROM_PIXELS, **sac):
-    """The recipe with the achieved goal left to the image; the normalization statistics are
-    those of the first batch (frozen after it), so that a changed batch changes only what
-    reads it."""
+    """The recipe with the achieved goal left to the image, the image in SAC's update
+    (`--encoder-grad critic` unless given); the normalization statistics are those of the first
+    batch (frozen after it), so that a changed batch changes only what reads it."""
     torch.manual_seed(0)
     net = NetworkConfig(state_estimate=state_estimate, obs_norm_freeze_after=1)
-    sac = SACConfig(aux_coef=1.0, privileged_critic=privileged, **sac)
+    sac = SACConfig(aux_coef=1.0, privileged_critic=privileged, **{"encoder_grad": "critic", **sac})
     return SAC(SHAPES, keys, [-1.0] * 4, [1.0] * 4, net, sac)
 
 
@@ -326,7 +326,8 @@ def test_privileged_critic_is_on_where_the_actor_reads_the_estimate_in_the_goals
     """On by default; with no estimate (--state-estimate off) or the achieved goal an input
     of both networks (--goal-mode both) the critic reads what the actor reads, its encoder's
     parts, and no flag combination is refused for it."""
-    default = SAC(SHAPES, GOAL_FROM_PIXELS, [-1.0] * 4, [1.0] * 4, NetworkConfig(), SACConfig())
+    coupled = SACConfig(encoder_grad="critic")
+    default = SAC(SHAPES, GOAL_FROM_PIXELS, [-1.0] * 4, [1.0] * 4, NetworkConfig(), coupled)
     assert default.privileged_critic
     assert not _agent(privileged=False).privileged_critic
     batch = random_batch(6, seed=5)
@@ -337,12 +338,12 @@ def test_privileged_critic_is_on_where_the_actor_reads_the_estimate_in_the_goals
         parts = agent.critic_encoder.parts(obs)
         assert agent._critic_view(parts, obs) is parts
     for env, network in (
-        (EnvConfig(), NetworkConfig()),  # --goal-mode both
+        (EnvConfig(goal_mode="both"), NetworkConfig()),
         (EnvConfig(no_pixels=True), NetworkConfig()),
         (EnvConfig(goal_mode="desired"), NetworkConfig(state_estimate="off")),
         (EnvConfig(goal_mode="desired"), NetworkConfig()),  # where it applies
     ):
-        validate(TrainConfig(env=env, network=network))
+        validate(TrainConfig(env=env, network=network, sac=coupled))
 
 
 @pytest.mark.parametrize("obs_mode", ["pixels", "no-pixels", "full-state"])
@@ -359,13 +360,17 @@ def test_resume_and_the_tag_read_the_privileged_critic_as_the_built_agent_resolv
     )
     spec, obs_space, action_space = describe_env(env)
     applied = set()
-    for goal_mode, state_estimate, aux_coef, privileged in itertools.product(
-        ("none", "desired", "both"), ("off", "append", "only"), (0.0, 1.0), (True, False)
+    for goal_mode, state_estimate, aux_coef, privileged, routing in itertools.product(
+        ("none", "desired", "both"),
+        ("off", "append", "only"),
+        (0.0, 1.0),
+        (True, False),
+        ("estimator", "critic"),
     ):
         cfg = TrainConfig(
             env=dataclasses.replace(env, goal_mode=goal_mode),
             network=NetworkConfig(state_estimate=state_estimate),
-            sac=SACConfig(aux_coef=aux_coef, privileged_critic=privileged),
+            sac=SACConfig(aux_coef=aux_coef, privileged_critic=privileged, encoder_grad=routing),
         )
         try:
             validate(cfg)
@@ -393,7 +398,8 @@ def test_aux_target_is_the_normalized_achieved_goal_even_when_the_networks_do_no
     from pixelrl.agents.sac import SAC
 
     keys = [PIXELS, DESIRED_GOAL]
-    agent = SAC(SHAPES, keys, [-1.0] * 4, [1.0] * 4, NetworkConfig(), SACConfig(aux_coef=1.0))
+    sac = SACConfig(aux_coef=1.0, encoder_grad="critic")
+    agent = SAC(SHAPES, keys, [-1.0] * 4, [1.0] * 4, NetworkConfig(), sac)
     assert agent.critic_encoder.keys == keys  # the achieved goal is no input
     assert agent.normalizer.groups["goal"] == [DESIRED_GOAL, ACHIEVED_GOAL]
     agent.update(random_batch())
@@ -418,20 +424,45 @@ def test_bad_encoder_flags_name_the_flag(change, message):
         validate(TrainConfig(**change))
 
 
-def test_the_recipe_is_the_default_and_the_sb3_prototypes_architecture_one_command():
-    from pixelrl.build import config_tag
+SB3_PROTOTYPE_COMMAND = (
+    "python train.py --goal-mode both --frame-stack 4 --learning-rate 1e-4 --gradient-steps 1 "
+    "--buffer-size 500000 --encoder-grad critic --keypoint-trunk layernorm --aux-coef 0 "
+    "--state-estimate off --next-obs-encoder target --no-normalize-obs"
+)
+
+
+def test_the_recipe_is_the_default_and_the_sb3_prototypes_settings_one_command():
+    """The README's command for the SB3 prototype's settings gives its hyperparameters and
+    architecture: 4 stacked frames, both goals as inputs, lr 1e-4, one update per vector step,
+    the image in the critic's update, LayerNorm over the keypoints, no auxiliary loss."""
+    import shlex
+    from pathlib import Path
+
+    import tyro
+
+    from pixelrl.build import TAG_REFERENCE, config_tag
 
     recipe = TrainConfig()
     assert (recipe.network.keypoint_trunk, recipe.network.state_estimate) == ("running", "only")
-    assert (recipe.sac.aux_coef, recipe.sac.next_obs_encoder) == (1.0, "online")
+    assert (recipe.sac.aux_coef, recipe.sac.encoder_grad) == (1.0, "estimator")
     validate(recipe)
     validate(TrainConfig(env=EnvConfig(full_state=True)))  # no image: the recipe's parts idle
-    prototype = TrainConfig(
-        network=NetworkConfig(keypoint_trunk="layernorm", state_estimate="off"),
-        sac=SACConfig(aux_coef=0.0, next_obs_encoder="target"),
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    assert SB3_PROTOTYPE_COMMAND in readme.replace("\\ ", "")
+    prototype = tyro.cli(
+        TrainConfig,
+        args=shlex.split(SB3_PROTOTYPE_COMMAND)[2:],
+        config=(tyro.conf.OmitArgPrefixes,),
     )
     validate(prototype)
-    assert config_tag(prototype) == "manip_kp-layernorm_estimate-off_aux0_next-target"
+    assert (prototype.env.goal_mode, prototype.env.frame_stack) == ("both", 4)
+    assert (prototype.sac.learning_rate, prototype.sac.gradient_steps) == (1e-4, 1)
+    assert prototype.replay.buffer_size == 500_000 and prototype.sac.batch_size == 256
+    assert dataclasses.replace(prototype, network=TAG_REFERENCE.network) == dataclasses.replace(
+        TAG_REFERENCE,
+        sac=dataclasses.replace(TAG_REFERENCE.sac, aux_coef=0.0, next_obs_encoder="target"),
+    )
+    assert config_tag(prototype) == "manip_kp-layernorm_estimate-off_noNorm_aux0_next-target"
     torch.manual_seed(0)
     from pixelrl.agents.sac import SAC
 

@@ -18,6 +18,9 @@ def write_run(path, slope):
         writer.add_scalar("train/critic_loss", 1.0 / (1 + step), step)
         writer.add_scalar("train/actor_loss", -slope * step, step)
         writer.add_scalar("probe/achieved_goal_median_error_cm", 10 - slope * step, step)
+        writer.add_scalar("estimate/stored_error_cm", 3 - slope * step, step)
+        writer.add_scalar("estimate/staleness_cm", 2 - slope * step, step)
+        writer.add_scalar("probe/state_estimate_median_error_cm", 1 - slope * step, step)
     writer.close()
 
 
@@ -50,6 +53,20 @@ def test_probe_panel_is_a_fourth_panel(tmp_path):
 
     scalars = read_scalars(tmp_path / "runs" / "a" / "seed0", (*PANELS, PROBE_PANEL))
     assert scalars[PROBE_PANEL[0]][1][0] == pytest.approx(10.0)
+
+
+def test_estimate_panels_read_the_stored_estimates_errors(tmp_path):
+    write_run(tmp_path / "runs" / "a" / "seed0", 0.001)
+    plain, estimated = tmp_path / "plain.png", tmp_path / "estimate.png"
+    assert main([str(tmp_path / "runs"), "--out", str(plain)]) == 0
+    assert main([str(tmp_path / "runs"), "--out", str(estimated), "--estimate"]) == 0
+    from PIL import Image
+
+    assert Image.open(estimated).size[1] > Image.open(plain).size[1] * 1.9  # three panels more
+    from pixelrl.plot import ESTIMATE_PANELS
+
+    scalars = read_scalars(tmp_path / "runs" / "a" / "seed0", ESTIMATE_PANELS)
+    assert [scalars[tag][1][0] for tag, _ in ESTIMATE_PANELS] == [3.0, 2.0, 1.0]
 
 
 def test_plot_reports_runs_without_the_plotted_scalars(tmp_path, capsys):

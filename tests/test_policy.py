@@ -1,5 +1,7 @@
 """load_policy: act with a trained run in a few lines, frame stack included."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -15,6 +17,7 @@ from pixelrl.trainer import Trainer
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     cfg = tiny(tmp_path_factory.mktemp("runs"), total_steps=120, checkpoint_freq=1000)
+    cfg = replace(cfg, env=replace(cfg.env, frame_stack=4))  # stacks to check
     assert Trainer(cfg).run() == 0
     return cfg
 

@@ -113,6 +113,12 @@ class EstimatorAgent(nn.Module):
     def device(self) -> torch.device:
         return self.sac.device
 
+    @property
+    def privileged_critic(self) -> bool:
+        return self.sac.privileged_critic
+
+    has_state_estimate = True  # `estimate_achieved_goal` answers, as SAC's with a state head
+
     @torch.no_grad()
     def estimate(self, pixels: torch.Tensor) -> torch.Tensor:
         """The estimate of the achieved goal (B, G) in metres for frames (B, 3k, H, W) uint8,

@@ -403,6 +403,11 @@ class SAC(nn.Module):
         out.update(where_things_are(parts[PIXELS], obs[ACHIEVED_GOAL], estimate, keypoints))
         return out
 
+    @property
+    def has_state_estimate(self) -> bool:
+        """Whether the encoder has a state head (`estimate_achieved_goal` answers)."""
+        return self.critic_encoder.state_head is not None
+
     def _estimate_in_goal_units(self, image_features: torch.Tensor) -> torch.Tensor:
         estimate = self.critic_encoder.state_head(image_features)
         return self.normalizer.denormalize(ACHIEVED_GOAL, estimate)
