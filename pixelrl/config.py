@@ -332,6 +332,23 @@ def estimator_applies(cfg: TrainConfig) -> bool:
     return cfg.env.obs_mode == "pixels" and cfg.sac.encoder_grad == "estimator"
 
 
+def what_ran(cfg: TrainConfig) -> dict:
+    """What a run's networks saw and which path trained them, as results should name it: the
+    observation and goal modes, proprioception, frames, the encoder, which loss trained it,
+    what the heads read of the image, and the privileged critic as it acted."""
+    return {
+        "env_id": cfg.env.env_id,
+        "obs_mode": cfg.env.obs_mode,
+        "goal_mode": cfg.env.goal_mode,
+        "proprioception": cfg.env.proprioception,
+        "frame_stack": cfg.env.frame_stack,
+        "encoder": cfg.network.encoder if cfg.env.obs_mode == "pixels" else None,
+        "encoder_grad": cfg.sac.encoder_grad if cfg.env.obs_mode == "pixels" else None,
+        "state_estimate": cfg.network.state_estimate if cfg.env.obs_mode == "pixels" else None,
+        "privileged_critic": cfg.sac.privileged_critic and privileged_critic_applies(cfg),
+    }
+
+
 class ConfigError(ValueError):
     """A flag has a value pixelrl cannot run with; the message names the flag."""
 

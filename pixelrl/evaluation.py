@@ -1,9 +1,11 @@
 """Evaluating a checkpoint: the deterministic policy (tanh of the mean action) on fresh envs.
 
 `evaluate(EvalArgs(...))` is what eval.py runs and what a sweep's trial runs after training;
-it writes eval.json beside the checkpoint (success rate, mean return, per-episode success,
-return, final goal distance and how far the achieved goal moved, the seed and the checkpoint's
-step).
+it writes eval.json beside the checkpoint: what ran (`what_ran`: what the networks saw and
+which path trained them; the run's whole `config`; the commit that trained it and the one that
+evaluated it), how (the env seed, n_envs, the episodes) and what came of it (success rate, mean
+return, per-episode success, return, final goal distance and how far the achieved goal
+moved), with the checkpoint's step.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pixelrl.checkpoint import resolve_checkpoint
-from pixelrl.config import ConfigError
+from pixelrl.checkpoint import git_commit, resolve_checkpoint
+from pixelrl.config import ConfigError, to_dict, what_ran
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL
 from pixelrl.policy import load_policy
 from pixelrl.vector_env import FetchVectorEnv
@@ -119,7 +121,12 @@ def evaluate(args: EvalArgs) -> dict:
         "checkpoint": str(path),
         "checkpoint_step": policy.checkpoint_step,
         "env_id": env_cfg.env_id,
+        "what_ran": what_ran(cfg),
+        "config": to_dict(cfg),
+        "run_commit": policy.run_commit,
+        "eval_commit": git_commit(),
         "seed": seed,
+        "n_envs": n,
         "episodes": args.episodes,
         "success_rate": float(np.mean(results["success"])),
         "mean_return": float(np.mean(results["return"])),

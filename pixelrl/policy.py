@@ -93,4 +93,5 @@ def load_policy(path: str | os.PathLike, device: str = "auto") -> tuple[TrainCon
     agent.load_state(state["agent"])
     policy = Policy(agent, cfg.env.frame_stack, device)
     policy.checkpoint, policy.checkpoint_step = checkpoint, int(meta["step"])
+    policy.run_commit = meta.get("git_commit", "unknown")  # the code that trained it
     return cfg, policy

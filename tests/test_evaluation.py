@@ -1,9 +1,12 @@
 """evaluate(): the report's per-episode figures, with a fixed-action policy on no-pixel envs."""
 
+import json
+
 import numpy as np
 import pytest
 
 import pixelrl.evaluation as evaluation
+from pixelrl.checkpoint import git_commit
 from pixelrl.config import EnvConfig, TrainConfig
 from pixelrl.envs import DESIRED_GOAL
 
@@ -12,6 +15,7 @@ class FixedActionPolicy:
     """Stands in for load_policy's Policy: the same action in every env at every step."""
 
     checkpoint_step = 0
+    run_commit = "a1b2c3d"
 
     def __init__(self, action):
         self.action = np.asarray(action, dtype=np.float32)
@@ -42,6 +46,26 @@ def test_a_puck_nobody_touches_has_not_moved_in_any_episode(tmp_path, monkeypatc
     moved = [e["achieved_goal_moved"] for e in report["per_episode"]]
     assert len(moved) == 4 and max(moved) < 1e-3
     assert report["mean_achieved_goal_moved"] == pytest.approx(np.mean(moved))
+
+
+def test_the_report_says_what_ran_and_how_it_was_evaluated(tmp_path, monkeypatch):
+    report = run_evaluation(tmp_path, monkeypatch, "FetchReach-v4", [0.0, 0.0, 0.0, 0.0], 2)
+    assert report["what_ran"] == {
+        "env_id": "FetchReach-v4",
+        "obs_mode": "no-pixels",
+        "goal_mode": "desired",
+        "proprioception": True,
+        "frame_stack": 1,
+        "encoder": None,  # no image: no encoder, no routing, no estimate
+        "encoder_grad": None,
+        "state_estimate": None,
+        "privileged_critic": False,
+    }
+    assert report["config"]["env"]["no_pixels"] is True and report["config"]["sac"]["gamma"] == 0.95
+    assert report["run_commit"] == "a1b2c3d" and report["eval_commit"] == git_commit()
+    assert (report["seed"], report["n_envs"], report["episodes"]) == (10_000, 2, 2)
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert saved["what_ran"] == report["what_ran"]
 
 
 def test_a_gripper_driven_sideways_has_moved_the_same_distance_in_every_episode(
