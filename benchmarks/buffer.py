@@ -33,7 +33,7 @@ def make_episodes(n: int, T: int, side: int, seed: int = 0) -> dict[str, np.ndar
     }
 
 
-def fill_pixelrl(data, T, k, device, drq) -> EpisodeReplay:
+def fill_pixelrl(data, T, k, device) -> EpisodeReplay:
     n = len(data[PIXELS])
     threshold, reward_type = reward_params("FetchPush-v4")
     shapes = {
@@ -43,7 +43,7 @@ def fill_pixelrl(data, T, k, device, drq) -> EpisodeReplay:
         DESIRED_GOAL: (3,),
     }
     spec = ReplaySpec(shapes, 4, T, 1, k, threshold, reward_type)
-    cfg = ReplayConfig(buffer_size=n * T, her_n_sampled_goal=8, drq=drq)
+    cfg = ReplayConfig(buffer_size=n * T, her_n_sampled_goal=8)
     replay = EpisodeReplay(cfg, spec, device, verbose=False)
 
     def obs_at(e, t):
@@ -122,24 +122,20 @@ def main() -> None:
         f"{torch.__version__}, threads {torch.get_num_threads()}, device {device}"
     )
     rows = []
-    plain = fill_pixelrl(data, T, k, device, drq=False)
-    drq = fill_pixelrl(data, T, k, device, drq=True)
-    ours = calls_per_second(lambda: plain.sample(B), args.seconds, sync)
-    ours_drq = calls_per_second(lambda: drq.sample(B), args.seconds, sync)
-    rows.append(
-        ("pixelrl EpisodeReplay", plain.bytes_per_transition, f"{ours:.1f}", f"{ours_drq:.1f}")
-    )
+    replay = fill_pixelrl(data, T, k, device)
+    ours = calls_per_second(lambda: replay.sample(B), args.seconds, sync)
+    rows.append(("pixelrl EpisodeReplay", replay.bytes_per_transition, f"{ours:.1f}"))
     sb3 = None
     if not args.no_sb3:
         from sb3_pipeline import sb3_bytes_per_transition
 
         buffer = fill_sb3(data, T, k)
         sb3 = calls_per_second(lambda: buffer.sample(B), args.seconds)
-        rows.append(("SB3 HerReplayBuffer", sb3_bytes_per_transition(buffer), f"{sb3:.1f}", "-"))
-    print("| buffer | bytes/transition | batches/s HER+stack | batches/s HER+stack+DrQ |")
-    print("|---|---|---|---|")
-    for name, nbytes, r1, r2 in rows:
-        print(f"| {name} | {nbytes:,.0f} | {r1} | {r2} |")
+        rows.append(("SB3 HerReplayBuffer", sb3_bytes_per_transition(buffer), f"{sb3:.1f}"))
+    print("| buffer | bytes/transition | batches/s HER+stack |")
+    print("|---|---|---|")
+    for name, nbytes, rate in rows:
+        print(f"| {name} | {nbytes:,.0f} | {rate} |")
     if sb3:
         print(
             f"\nratio pixelrl/SB3 (HER + stack): {ours / sb3:.1f}x; memory "

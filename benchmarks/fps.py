@@ -20,7 +20,8 @@
 Each (implementation, render path) runs in its own subprocess, in alternating order
 (pixelrl native, SB3 native, pixelrl 480-resize, SB3 480-resize, ...), through its real
 training entry point: pixelrl's `Trainer.run` and SB3's `SAC.learn`, with the same n_envs,
-batch, replay ratio, encoder, HER k, DrQ setting and render path. From one run each:
+batch, replay ratio, encoder (ManipulationCNN + SpatialSoftmax), HER k and render path. From
+one run each:
 
     collection fps  env steps/s before learning starts: random actions, env stepping
                     (simulation + render + IPC), storing, frame stacking; no updates
@@ -104,7 +105,6 @@ def run_pixelrl(a) -> dict:
     from pixelrl.build import run_directory
     from pixelrl.config import (
         EnvConfig,
-        NetworkConfig,
         ReplayConfig,
         RunConfig,
         SACConfig,
@@ -122,8 +122,7 @@ def run_pixelrl(a) -> dict:
             vector="async" if a.n_envs > 1 else "sync",
             **(dict(goal_mode="both", frame_stack=4) if prototype else {}),
         ),
-        replay=ReplayConfig(buffer_size=a.buffer_size, her_n_sampled_goal=a.her_k, drq=a.drq),
-        network=NetworkConfig(encoder=a.encoder),
+        replay=ReplayConfig(buffer_size=a.buffer_size, her_n_sampled_goal=a.her_k),
         sac=SACConfig(
             batch_size=a.batch_size,
             gradient_steps=a.gradient_steps,
@@ -203,7 +202,6 @@ def run_sb3(a) -> dict:
         batch_size=a.batch_size,
         learning_starts=a.learning_starts,
         gradient_steps=a.gradient_steps,
-        drq=a.drq,
         device=a.device,
     )
     timeline = Timeline()
@@ -256,8 +254,6 @@ def main() -> None:
         help="SAC updates per vector step (default 1, the SB3 prototype's; 4 with pixelrl)",
     )
     p.add_argument("--her-k", type=int, default=8)
-    p.add_argument("--encoder", default="manip")
-    p.add_argument("--drq", action="store_true")
     p.add_argument("--buffer-size", type=int, default=20_000)
     p.add_argument(
         "--vec-env",
@@ -306,7 +302,7 @@ def main() -> None:
         for k, v in vars(a).items()
         if k
         not in (
-            *("long", "worker", "render", "renders", "rounds", "drq", "variants", "variant"),
+            *("long", "worker", "render", "renders", "rounds", "variants", "variant"),
             *("sb3_learn_steps", "sb3_update_seconds"),
         )
         and v is not None
@@ -315,13 +311,11 @@ def main() -> None:
         f"--learn-steps={a.sb3_learn_steps or a.learn_steps}",
         f"--update-seconds={a.sb3_update_seconds or a.update_seconds}",
     ]
-    if a.drq:
-        forwarded.append("--drq")
     print(
         f"# fps ({a.recipe} recipe): {a.env_id}, n_envs {a.n_envs}, batch {a.batch_size}, "
         f"{a.gradient_steps} "
-        f"update(s) per vector step, encoder {a.encoder}, HER k={a.her_k}, "
-        f"DrQ {'on' if a.drq else 'off'}, SB3 {a.vec_env} vec env, device {a.device}; "
+        f"update(s) per vector step, HER k={a.her_k}, "
+        f"SB3 {a.vec_env} vec env, device {a.device}; "
         f"{a.learning_starts} collection steps, {a.learn_steps} learning steps, "
         f"{a.rounds} round(s); {platform.machine()}, {os.cpu_count()} cores",
         flush=True,

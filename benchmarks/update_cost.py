@@ -1,16 +1,16 @@
 """What an update of pixel Push costs: with the image in SAC's update, and with the image the
 state estimator's alone.
 
-    python benchmarks/update_cost.py [--batch-sizes 64 256] [--seconds 10] [--device cpu]
+    cd benchmarks && python update_cost.py [--batch-sizes 32 64 256] [--seconds 10]
 
-For pixel Push with the puck from the image (`--goal-mode desired --frame-stack 1`, the privileged
-critic), built by `pixelrl.build.build_agent` as train.py builds it, per batch size, in
-milliseconds per call on one fixed batch:
+For pixel Push with the puck from the image (`--goal-mode desired --frame-stack 1`), built by
+`pixelrl.build.build_agent` as train.py builds it, per batch size, in milliseconds per call on
+one fixed batch:
 
-- the coupled update (`--encoder-grad critic`): SAC encodes the batch's images itself, for
-  the auxiliary loss and the estimate the actor reads (two encoder passes and a backward);
+- the end-to-end update (`--encoder-grad critic`): SAC encodes the batch's images itself (obs
+  with gradient, next obs without) and the critic's loss trains the encoder;
 - SAC's update with the state estimator (`--encoder-grad estimator`, the default): the same
-  heads on the stored estimate, no image;
+  heads on the stored estimate, the critic on the true achieved goal, no image;
 - the no-pixels control's update (`--no-pixels`: proprioception and both goals, the puck's
   true position where the estimate is);
 
@@ -72,7 +72,7 @@ def with_estimates(batch: Batch) -> Batch:
 
 def measure(b: int, device, ms) -> dict:
     """One table row: `ms(fn)` times fn in milliseconds per call."""
-    coupled = make_agent(config("pixels", "critic"), device)
+    end_to_end = make_agent(config("pixels", "critic"), device)
     split = make_agent(config("pixels"), device)
     no_pixels = make_agent(config("no-pixels"), device)
     batch = make_batch(b, device, SHAPES)
@@ -80,7 +80,7 @@ def measure(b: int, device, ms) -> dict:
     episode = make_batch(EPISODE_FRAMES, device, SHAPES).obs[PIXELS]
     return {
         "batch": b,
-        "coupled_update_ms": ms(lambda: coupled.update(batch)),
+        "end_to_end_update_ms": ms(lambda: end_to_end.update(batch)),
         "sac_update_ms": ms(lambda: split.update(with_estimates(batch))),
         "no_pixels_update_ms": ms(lambda: no_pixels.update(batch)),
         "estimator_step_ms": ms(lambda: split.update_estimator(frames, batch.obs[ACHIEVED_GOAL])),
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"threads {torch.get_num_threads()}, device {device}"
     )
     print(
-        "| batch | coupled update (image in SAC), ms | SAC update (stored estimate), ms "
+        "| batch | end-to-end update (image in SAC), ms | SAC update (stored estimate), ms "
         "| no-pixels update, ms | estimator step, ms | one episode's estimates, ms |"
     )
     print("|---|---|---|---|---|---|")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = measure(b, device, ms)
         rows.append(row)
         print(
-            f"| {b} | {row['coupled_update_ms']:.1f} | {row['sac_update_ms']:.1f} "
+            f"| {b} | {row['end_to_end_update_ms']:.1f} | {row['sac_update_ms']:.1f} "
             f"| {row['no_pixels_update_ms']:.1f} | {row['estimator_step_ms']:.1f} "
             f"| {row['episode_estimates_ms']:.1f} |",
             flush=True,

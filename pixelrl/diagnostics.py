@@ -1,4 +1,5 @@
-"""Does the image encoder know where things are? Two measurements that answer it.
+"""Does the image encoder know where things are? The measurements that answer it, and the
+report a run logs at each --log-interval (`encoder_report`).
 
 - `spread_across_batch`: per feature, the std across the samples of a batch. A feature that
   reads the same for every image carries nothing, however much the features of one image
@@ -12,6 +13,10 @@
 from __future__ import annotations
 
 import torch
+
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, STATE_ESTIMATE
+
+DIAGNOSTIC_SAMPLES = 512  # stored observations per report (the probe: 256 + 256)
 
 
 def spread_across_batch(features: torch.Tensor) -> torch.Tensor:
@@ -87,3 +92,41 @@ def where_things_are(
 def median_distance_cm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Median over rows of the Euclidean distance between positions (B, D) in metres, in cm."""
     return 100 * (a.double() - b.double()).norm(dim=-1).median()
+
+
+@torch.no_grad()
+def encoder_report(agent, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What a run logs of its encoder, on stored observations `obs` (raw: the achieved goal
+    and, with the state estimator, the stored estimate included), for a `SAC` or an
+    `EstimatorAgent`:
+
+    - `obs_norm/<group>_std`: the mean std of each normalization group;
+    - `encoder/<input>_std_across_batch`: the spread of each of SAC's inputs;
+    - with an image: `encoder/keypoints_std_across_batch`, the SpatialSoftmax temperature and
+      `where_things_are` (the linear probe; the estimate, where there is one);
+    - with stored estimates: `estimate/stored_error_cm` (what SAC trains on, against the
+      truth) and `estimate/staleness_cm` (against the current estimator's estimate).
+    """
+    estimator = getattr(agent, "estimator", None)
+    sac = agent.sac if estimator is not None else agent
+    out = dict(sac.normalizer.describe())
+    fresh = agent.estimate(obs[PIXELS]) if estimator is not None else None
+    vectors = {k: v for k, v in obs.items() if k != PIXELS or sac.image is not None}
+    if fresh is not None:
+        vectors.setdefault(STATE_ESTIMATE, fresh)
+    inputs = sac.inputs(sac.normalizer(vectors))
+    for key in dict.fromkeys(sac.actor_keys + sac.critic_keys):
+        out[f"encoder/{key}_std_across_batch"] = spread_across_batch(inputs[key]).mean()
+    image = estimator.image if estimator is not None else sac.image
+    if image is None:
+        return out
+    keypoints = image.keypoints(obs[PIXELS])
+    out["encoder/spatial_softmax_temperature"] = image.spatial_softmax.temperature[0]
+    features = image.keypoint_norm(keypoints)
+    out["encoder/pixels_std_across_batch"] = spread_across_batch(features).mean()
+    out.update(where_things_are(features, obs[ACHIEVED_GOAL], fresh, keypoints))
+    if fresh is not None and STATE_ESTIMATE in obs:
+        stored = obs[STATE_ESTIMATE]
+        out["estimate/stored_error_cm"] = median_distance_cm(stored, obs[ACHIEVED_GOAL])
+        out["estimate/staleness_cm"] = median_distance_cm(stored, fresh)
+    return out

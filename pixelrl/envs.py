@@ -26,7 +26,7 @@ import sys
 import gymnasium as gym
 import numpy as np
 
-from pixelrl.config import ConfigError, EnvConfig, validate_env_config
+from pixelrl.config import RESIZE_FROM, ConfigError, EnvConfig, validate_env_config
 
 PIXELS = "pixels"
 PROPRIOCEPTION = "proprioception"
@@ -79,8 +79,6 @@ def policy_keys(obs_keys, goal_mode: str) -> list[str]:
     `goal_mode` decides which of them reach the networks.
     """
     goal_keys = {"none": [], "desired": [DESIRED_GOAL], "both": [ACHIEVED_GOAL, DESIRED_GOAL]}
-    if goal_mode not in goal_keys:
-        raise ConfigError(f"--goal-mode {goal_mode!r}: choose one of none, desired, both")
     keys = [k for k in (PIXELS, PROPRIOCEPTION, STATE) if k in obs_keys]
     return keys + goal_keys[goal_mode]
 
@@ -117,7 +115,7 @@ class FetchObservation(gym.Wrapper):
         self.cfg = cfg
         self.mode = cfg.obs_mode
         self.render_pixels = self.mode == "pixels"
-        render_side = cfg.image_size if cfg.native_render else cfg.render_size
+        render_side = cfg.image_size if cfg.native_render else RESIZE_FROM
         make_kwargs = dict(disable_env_checker=True)
         if self.render_pixels:
             make_kwargs.update(

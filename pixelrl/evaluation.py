@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from pixelrl.checkpoint import git_commit, resolve_checkpoint
-from pixelrl.config import ConfigError, to_dict, what_ran
+from pixelrl.compat import what_ran_saved
+from pixelrl.config import ConfigError
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL
 from pixelrl.policy import load_policy
 from pixelrl.vector_env import FetchVectorEnv
@@ -121,8 +122,8 @@ def evaluate(args: EvalArgs) -> dict:
         "checkpoint": str(path),
         "checkpoint_step": policy.checkpoint_step,
         "env_id": env_cfg.env_id,
-        "what_ran": what_ran(cfg),
-        "config": to_dict(cfg),
+        "what_ran": what_ran_saved(policy.saved_config),
+        "config": policy.saved_config,
         "run_commit": policy.run_commit,
         "eval_commit": git_commit(),
         "seed": seed,

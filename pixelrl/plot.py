@@ -1,7 +1,6 @@
-"""The three-panel training figure of the SB3 prototype (benchmarks/sb3_pipeline.py), from
-TensorBoard events.
+"""Training curves from TensorBoard events, in the three panels the SB3 pipeline drew.
 
-    python -m pixelrl.plot runs/manip/seed0 runs/manip_DrQ/seed0 --out curves.png
+    python -m pixelrl.plot runs/<tag1>/seed0 runs/<tag2>/seed0 --out curves.png
 
 Panels, sharing the step axis: rollout/success_rate, train/critic_loss, train/actor_loss, with
 --probe the encoder probe's median error of the achieved goal (cm), and with --estimate how far
@@ -28,7 +27,7 @@ PANELS = (
     ("train/actor_loss", "actor loss"),
 )
 # --probe: does the encoder know where things are (pixelrl.diagnostics), next to success.
-PROBE_PANEL = ("probe/achieved_goal_median_error_cm", "probe: median error (cm)")
+PROBE_PANELS = (("probe/achieved_goal_median_error_cm", "probe: median error (cm)"),)
 # --estimate: the stored estimates' staleness (the state estimator's runs).
 ESTIMATE_PANELS = (
     ("estimate/stored_error_cm", "stored estimate\nvs truth (cm)"),
@@ -120,7 +119,7 @@ def plot(
     except ImportError as err:
         raise SystemExit("the plot needs matplotlib: pip install -e .[plot]") from err
     groups = group_seeds(find_runs(paths))
-    panels = (*PANELS, *([PROBE_PANEL] if probe else []), *(ESTIMATE_PANELS if estimate else []))
+    panels = (*PANELS, *(PROBE_PANELS if probe else ()), *(ESTIMATE_PANELS if estimate else []))
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True)
     drawn = 0
     for label, runs in groups.items():

@@ -20,13 +20,15 @@ its first frame, exactly as in training.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import torch
 
-from pixelrl.build import build_agent, describe_env, load_config, resolve_device
+from pixelrl.build import build_agent, describe_env, resolve_device
 from pixelrl.checkpoint import load_checkpoint, resolve_checkpoint
+from pixelrl.compat import agent_weights, config_to_evaluate
 from pixelrl.config import TrainConfig
 from pixelrl.envs import PIXELS
 from pixelrl.frame_stack import FrameStack, policy_observation
@@ -81,17 +83,21 @@ class Policy:
 
 
 def load_policy(path: str | os.PathLike, device: str = "auto") -> tuple[TrainConfig, Policy]:
-    """(the run's config, a Policy) from a checkpoint directory or a run directory (its latest
-    complete checkpoint). `cfg.env` builds envs that give the observations it expects; the
-    policy's `checkpoint` and `checkpoint_step` say what was loaded."""
+    """(the config the policy acts with, a Policy) from a checkpoint directory or a run
+    directory (its latest complete checkpoint). `cfg.env` builds envs that give the
+    observations it expects; the policy's `checkpoint`, `checkpoint_step`, `run_commit` (the
+    code that trained it) and `saved_config` (as the run saved it) say what was loaded. Runs
+    saved by earlier versions are read through `pixelrl.compat`."""
     checkpoint = resolve_checkpoint(path)
+    saved_config = json.loads((checkpoint / "meta.json").read_text())["config"]
+    cfg, layout = config_to_evaluate(saved_config)  # before the weights: it may refuse
     state, meta = load_checkpoint(checkpoint)
-    cfg = load_config(meta)
     device = resolve_device(device)
     spec, obs_space, action_space = describe_env(cfg.env)
     agent = build_agent(cfg, spec, obs_space, action_space, device)
-    agent.load_state(state["agent"])
+    agent.load_weights(agent_weights(layout, meta["config"], state["agent"]))
     policy = Policy(agent, cfg.env.frame_stack, device)
     policy.checkpoint, policy.checkpoint_step = checkpoint, int(meta["step"])
-    policy.run_commit = meta.get("git_commit", "unknown")  # the code that trained it
+    policy.run_commit = meta.get("git_commit", "unknown")
+    policy.saved_config = meta["config"]
     return cfg, policy

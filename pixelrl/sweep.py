@@ -34,8 +34,9 @@ from pathlib import Path
 
 import tyro
 
-from pixelrl.build import config_tag, run_directory
+from pixelrl.build import run_directory
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints
+from pixelrl.compat import config_tag
 from pixelrl.config import ConfigError, TrainConfig, validate
 
 SECTIONS = ("env", "replay", "network", "sac", "run")

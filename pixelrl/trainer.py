@@ -50,7 +50,9 @@ from pixelrl.checkpoint import (
     save_checkpoint,
     to_tensor_tree,
 )
+from pixelrl.compat import agent_state_to_resume
 from pixelrl.config import ConfigError, TrainConfig, estimator_applies, to_dict, validate
+from pixelrl.diagnostics import DIAGNOSTIC_SAMPLES, encoder_report
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
 from pixelrl.frame_stack import FrameStack, policy_observation
 from pixelrl.logger import Logger
@@ -58,7 +60,6 @@ from pixelrl.transfer import to_device, to_host, upload_step
 from pixelrl.vector_env import FetchVectorEnv, VecStep, WorkerError
 
 STATS_WINDOW = 100  # episodes in rollout/* means, as SB3's ep_info_buffer
-DIAGNOSTIC_SAMPLES = 512  # stored observations per encoder diagnostic (the probe: 256 + 256)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -101,7 +102,7 @@ class TrainState:
         # (N, G): where each env's achieved goal stood when its episode began. How far it
         # moved by the episode's end is rollout/achieved_goal_moved: in Push the puck, and in
         # the no-pixels Push controls the share of episodes that moved it climbs to ~90% some
-        # 20K env steps before success rises (benchmarks/learning.md, "Reach, touch, push").
+        # 20K env steps before success rises (results/notebook.md, "Reach, touch, push").
         self.episode_start_achieved_goal: np.ndarray | None = None
         self.wall_time = 0.0  # seconds trained before this process
 
@@ -227,9 +228,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         validate(cfg)
         self.cfg = cfg
-        self.device = resolve_device(cfg.run.device)
-        if cfg.run.amp == "bf16" and self.device.type != "cuda":
-            raise ConfigError(f"--amp bf16 needs a CUDA device; this run is on {self.device}")
+        self.device = resolve_device(cfg.run.device, cfg.run.amp)
         self.run_dir = run_directory(cfg)
         self.checkpoint = self._find_checkpoint()
         # Spaces from one env built here (no rendering: the first frame is drawn in reset).
@@ -300,7 +299,7 @@ class Trainer:
 
     def restore(self, path: Path, saved: dict, meta: dict) -> dict[str, np.ndarray]:
         """Undo `snapshot` (and load the replay); the envs' observations to continue from."""
-        self.agent.load_state(saved["agent"])
+        self.agent.load_state(agent_state_to_resume(saved["agent"]))
         self.state.load_state_dict(saved)
         torch.set_rng_state(saved["rng_torch"])
         if "rng_cuda" in saved and self.device.type == "cuda":
@@ -523,7 +522,7 @@ class Trainer:
         metrics.reset(st.env_step)
         if self.cfg.run.encoder_diagnostics and self.replay.num_episodes > 0:
             sample = self.replay.sample_observations(DIAGNOSTIC_SAMPLES, self.diagnostic_generator)
-            scalars.update(self.agent.encoder_diagnostics(sample))
+            scalars.update(encoder_report(self.agent, sample))
         age = self.replay.estimate_age(st.env_step) if self.estimating else None
         if age is not None:
             scalars["estimate/age_env_steps"] = age

@@ -126,7 +126,7 @@ def test_goal_marker_hidden_by_default_and_shown_with_flag():
 
 
 def test_resize_render_path_and_named_camera():
-    env = make_fetch_env(EnvConfig(native_render=False, render_size=160))
+    env = make_fetch_env(EnvConfig(native_render=False))  # 480x480, resized to 84
     obs, _ = env.reset(seed=0)
     assert obs[PIXELS].shape == (3, 84, 84) and obs[PIXELS].std() > 10
     cam = make_fetch_env(EnvConfig(camera="head_camera_rgb"))

@@ -1,7 +1,8 @@
 """The state estimator and SAC on vectors (pixelrl.agents.estimator): the image leaves SAC's
-update, and what each learner trains is what the coupled update trained."""
+update, each learner steps its own weights, and the actor trains on what it acts on."""
 
 import copy
+import dataclasses
 
 import gymnasium as gym
 import numpy as np
@@ -9,21 +10,22 @@ import pytest
 import test_sac as sac_tests
 import torch
 
-from pixelrl.agents.estimator import EstimatorAgent
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import Batch, ReplaySpec
-from pixelrl.build import TAG_REFERENCE, build_agent, check_resume_config, config_tag
+from pixelrl.build import build_agent, check_resume_config
+from pixelrl.compat import config_tag
 from pixelrl.config import (
     ConfigError,
     EnvConfig,
-    NetworkConfig,
     ReplayConfig,
     SACConfig,
     TrainConfig,
     estimator_applies,
+    privileged_critic_applies,
     to_dict,
     validate,
 )
+from pixelrl.diagnostics import encoder_report
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, STATE_ESTIMATE
 from pixelrl.trainer import MetricSums
 
@@ -69,48 +71,36 @@ def without_pixels(batch: Batch, estimate, next_estimate) -> Batch:
     return Batch(obs, batch.action, batch.reward, next_obs, batch.terminated)
 
 
-def twin_agents():
-    """The coupled agent (--encoder-grad critic) and the estimator agent with the same weights:
-    the estimator is the coupled encoder and its state head, SAC's heads are its heads."""
-    coupled = agent_for(recipe(encoder_grad="critic"))
-    split = agent_for(recipe())
-    assert isinstance(coupled, SAC) and isinstance(split, EstimatorAgent)
-    split.estimator.image.load_state_dict(coupled.critic_encoder.image.state_dict())
-    split.estimator.head.load_state_dict(coupled.critic_encoder.state_head.state_dict())
-    for name in ("actor", "critic", "target_critic"):
-        getattr(split.sac, name).load_state_dict(getattr(coupled, name).state_dict())
-    return coupled, split
+def test_the_actor_trains_on_what_it_acts_on():
+    """A frame's estimate, stored by the replay and normalized in SAC's update, is the input the
+    actor reads when it acts on the same frame: the actor trains on what it acts on."""
+    from pixelrl.buffers.replay import EpisodeReplay
 
-
-def test_the_estimator_path_computes_the_coupled_updates_losses():
-    """With estimates as fresh as the coupled update's own, SAC's critic and actor losses and
-    the estimator's loss equal the coupled update's (which encodes the images itself)."""
-    coupled, split = twin_agents()
-    for seed in range(3):
-        batch = random_batch(seed=seed)
-        # What the coupled update reads: estimates after its statistics took in the batch.
-        reference = copy.deepcopy(split)
-        reference.normalizer.update(batch.obs)
-        reference.estimator.image(batch.obs[PIXELS], update_stats=True)
-        estimates = [reference.estimate(o[PIXELS]) for o in (batch.obs, batch.next_obs)]
-
-        torch.manual_seed(seed)
-        expected = coupled.update(batch)
-        torch.manual_seed(seed)
-        got = split.update(without_pixels(batch, *estimates))
-        got |= split.update_estimator(batch.obs[PIXELS], batch.obs[ACHIEVED_GOAL])
-        for key in ("critic_loss", "actor_loss", "q_mean", "aux_loss"):
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6)
+    agent = agent_for(recipe())
+    spec = dataclasses.replace(SPEC, n_envs=1, estimate_dim=3)
+    replay = EpisodeReplay(ReplayConfig(buffer_size=100), spec, "cpu", verbose=False)
+    gen = torch.Generator().manual_seed(5)
+    replay.start_episodes(random_obs(1, gen))
+    for t in range(50):
+        replay.add(torch.zeros(1, 4), random_obs(1, gen), [False], [t == 49], random_obs(1, gen))
+    episode, t = torch.zeros(8, dtype=torch.long), torch.arange(0, 16, 2)
+    agent.normalizer.update(replay.observations_at(episode, t))  # statistics as in a run
+    replay.write_estimates(replay.stale_episodes(0), agent.estimate, env_step=50)
+    stored = replay.observations_at(episode, t)
+    seen = []
+    agent.sac.actor.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    actor_keys = agent.sac.actor_keys
+    trained = agent.sac.join(agent.sac.inputs(agent.normalizer(stored)), actor_keys)
+    agent.act({k: v for k, v in stored.items() if k != STATE_ESTIMATE}, deterministic=True)
+    torch.testing.assert_close(seen[-1], trained, rtol=0, atol=0)
 
 
 def test_sac_reads_no_image_and_each_learner_steps_only_its_own_weights():
     agent = agent_for(recipe())
-    assert agent.sac.critic_encoder.image is None and agent.sac.critic_encoder.keys == [
-        PROPRIOCEPTION,
-        DESIRED_GOAL,
-        STATE_ESTIMATE,
-    ]
-    assert agent.sac.privileged_critic  # the critic reads the true achieved goal instead
+    assert agent.sac.image is None
+    assert agent.sac.actor_keys == [PROPRIOCEPTION, DESIRED_GOAL, STATE_ESTIMATE]
+    # The critic reads the true achieved goal in the estimate's place (the privileged critic).
+    assert agent.sac.critic_keys == [PROPRIOCEPTION, DESIRED_GOAL, ACHIEVED_GOAL]
     batch = random_batch()
     estimate = agent.estimate(batch.obs[PIXELS])
     vectors = without_pixels(batch, estimate, agent.estimate(batch.next_obs[PIXELS]))
@@ -182,22 +172,17 @@ def test_diagnostics_measure_the_stored_estimates_against_the_truth_and_the_esti
     obs = random_obs(64, torch.Generator().manual_seed(2))
     agent.normalizer.update(obs)
     fresh = agent.estimate(obs[PIXELS])
-    out = agent.encoder_diagnostics({**obs, STATE_ESTIMATE: fresh + torch.tensor([0.03, 0, 0])})
+    out = encoder_report(agent, {**obs, STATE_ESTIMATE: fresh + torch.tensor([0.03, 0, 0])})
     torch.testing.assert_close(out["estimate/staleness_cm"].float(), torch.tensor(3.0))
     truth = (fresh + torch.tensor([0.03, 0, 0]) - obs[ACHIEVED_GOAL]).norm(dim=-1).median() * 100
     torch.testing.assert_close(out["estimate/stored_error_cm"].float(), truth)
     assert {"probe/state_estimate_median_error_cm", "probe/achieved_goal_r2"} <= set(out)
-    assert "estimate/staleness_cm" not in agent.encoder_diagnostics(obs)  # none stored
+    assert "estimate/staleness_cm" not in encoder_report(agent, obs)  # none stored
 
 
 @pytest.mark.parametrize(
     "change, message",
     [
-        (dict(network=NetworkConfig(state_estimate="append")), "--state-estimate append"),
-        (
-            dict(network=NetworkConfig(state_estimate="off"), sac=SACConfig(aux_coef=0.0)),
-            "--encoder-grad critic, actor or separate",
-        ),
         (dict(replay=ReplayConfig(drq=True)), "--drq"),
         (dict(sac=SACConfig(estimator_batch_size=0)), "--estimator-batch-size"),
         (dict(sac=SACConfig(estimator_gradient_steps=0)), "--estimator-gradient-steps"),
@@ -216,16 +201,21 @@ def test_the_estimator_applies_with_pixels_only_and_the_other_routings_stay():
         validate(cfg)  # the default routing idles without an image
         assert not estimator_applies(cfg)
         assert isinstance(agent_for(cfg), SAC)
-    for routing in ("critic", "actor", "separate"):
-        cfg = recipe(encoder_grad=routing)
-        validate(cfg)
-        assert not estimator_applies(cfg) and isinstance(agent_for(cfg), SAC)
+    end_to_end = recipe(encoder_grad="critic")
+    validate(end_to_end)
+    assert not estimator_applies(end_to_end) and isinstance(agent_for(end_to_end), SAC)
+    assert not privileged_critic_applies(end_to_end)
 
 
 def test_run_directories_keep_their_names_when_defaults_change():
     """Tags are taken against a fixed reference: a run made with the earlier defaults keeps
     its directory name, and the estimator's settings appear only where it runs."""
-    assert config_tag(TAG_REFERENCE) == "manip"
+    earlier_defaults = TrainConfig(
+        env=EnvConfig(goal_mode="both", frame_stack=4),
+        replay=ReplayConfig(buffer_size=500_000),
+        sac=SACConfig(learning_rate=1e-4, gradient_steps=1, encoder_grad="critic"),
+    )
+    assert config_tag(earlier_defaults) == "manip_estimate-off_aux0"  # end to end, as it ran
     assert config_tag(TrainConfig()) == (
         "manip_goal-desired_fs1_buf300000_lr0.001_estimatorEnc_gs4"
     )

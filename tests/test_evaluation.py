@@ -7,7 +7,7 @@ import pytest
 
 import pixelrl.evaluation as evaluation
 from pixelrl.checkpoint import git_commit
-from pixelrl.config import EnvConfig, TrainConfig
+from pixelrl.config import EnvConfig, TrainConfig, to_dict
 from pixelrl.envs import DESIRED_GOAL
 
 
@@ -17,8 +17,9 @@ class FixedActionPolicy:
     checkpoint_step = 0
     run_commit = "a1b2c3d"
 
-    def __init__(self, action):
+    def __init__(self, action, cfg):
         self.action = np.asarray(action, dtype=np.float32)
+        self.saved_config = to_dict(cfg)
 
     def act_batch(self, obs, deterministic=True):
         return np.tile(self.action, (len(obs[DESIRED_GOAL]), 1))
@@ -31,7 +32,7 @@ def run_evaluation(tmp_path, monkeypatch, env_id, action, episodes=4):
     cfg = TrainConfig(env=EnvConfig(env_id=env_id, n_envs=2, no_pixels=True, vector="sync"))
     monkeypatch.setattr(evaluation, "resolve_checkpoint", lambda path: tmp_path)
     monkeypatch.setattr(
-        evaluation, "load_policy", lambda path, device: (cfg, FixedActionPolicy(action))
+        evaluation, "load_policy", lambda path, device: (cfg, FixedActionPolicy(action, cfg))
     )
     args = evaluation.EvalArgs(
         checkpoint=str(tmp_path), episodes=episodes, output=str(tmp_path / "e.json")

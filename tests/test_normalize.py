@@ -3,12 +3,9 @@
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 from test_sac import KEYS, SHAPES, make_agent, random_batch, random_obs
 
-from pixelrl.agents.sac import return_bounds
-from pixelrl.config import NetworkConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
 from pixelrl.nets.heads import TwinQ
 from pixelrl.nets.normalize import ObservationNormalizer, RunningMeanStd
@@ -30,11 +27,15 @@ def test_running_statistics_equal_numpy_over_all_rows_seen():
     assert stats.count.item() == len(every)
 
 
-def test_unseen_statistics_are_the_identity_and_weight_zero_changes_nothing():
+def test_unseen_statistics_are_the_identity():
     stats = RunningMeanStd(3)
     assert torch.equal(stats.std, torch.ones(3, dtype=torch.float64))
-    stats.update(torch.ones(4, 3), weight=torch.tensor(0.0))
-    assert stats.count.item() == 0 and torch.equal(stats.mean, torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(
+        ObservationNormalizer(VECTOR_SHAPES, list(VECTOR_SHAPES))(
+            {PROPRIOCEPTION: torch.ones(2, 10)}
+        )[PROPRIOCEPTION],
+        torch.ones(2, 10),
+    )
 
 
 def test_normalizer_shares_goal_statistics_clips_and_leaves_pixels_alone():
@@ -71,37 +72,18 @@ def test_constant_dimension_is_centred_not_blown_up():
     assert torch.allclose(shifted, torch.full_like(shifted, 0.1), atol=1e-4)  # 0.001 / 0.01
 
 
-def test_freeze_after_keeps_the_first_batches_statistics():
-    norm = ObservationNormalizer(VECTOR_SHAPES, list(VECTOR_SHAPES), freeze_after=1)
-    first = random_obs(8, torch.Generator().manual_seed(3))
-    norm.update(first)
-    mean = norm.stats[PROPRIOCEPTION].mean.clone()
-    norm.update(random_obs(8, torch.Generator().manual_seed(4)))
-    assert torch.equal(norm.stats[PROPRIOCEPTION].mean, mean)
-    assert norm.batches_seen.item() == 2
-
-
-def test_disabled_normalizer_is_the_identity_and_holds_no_statistics():
-    norm = ObservationNormalizer(SHAPES, KEYS, enabled=False)
-    obs = random_obs(4, torch.Generator().manual_seed(5))
-    norm.update(obs)
-    out = norm(obs)
-    assert all(out[k] is obs[k] for k in obs)
-    assert [k for k in norm.state_dict() if k.startswith("stats")] == []
-
-
 # ---------------------------------------------------------------- in the agent
-def _record_encoder_inputs(encoder, seen: list):
-    """Record the obs dict of every `encoder.parts` call (the update calls it directly, acting
-    through forward); `.remove()` on the result stops recording."""
-    original = encoder.parts
+def _record_inputs(agent, seen: list):
+    """Record the normalized obs dict of every `agent.inputs` call (the update's obs and next
+    obs, acting); `.remove()` on the result stops recording."""
+    original = agent.inputs
 
-    def parts(obs, *args, **kwargs):
+    def inputs(obs, *args, **kwargs):
         seen.append({k: v.detach().clone() for k, v in obs.items()})
         return original(obs, *args, **kwargs)
 
-    encoder.parts = parts
-    return SimpleNamespace(remove=lambda: delattr(encoder, "parts"))
+    agent.inputs = inputs
+    return SimpleNamespace(remove=lambda: delattr(agent, "inputs"))
 
 
 def test_acting_and_training_see_the_same_normalized_vectors():
@@ -109,10 +91,10 @@ def test_acting_and_training_see_the_same_normalized_vectors():
     batch = random_batch(b=16, seed=6)
     agent.update(batch)  # the statistics now hold this batch
     seen_update, seen_act = [], []
-    handle = _record_encoder_inputs(agent.critic_encoder, seen_update)
+    handle = _record_inputs(agent, seen_update)
     agent.update(batch)  # the first call is obs (with gradient)
     handle.remove()
-    _record_encoder_inputs(agent.actor_encoder, seen_act)
+    _record_inputs(agent, seen_act)
     stats_before = {k: v.clone() for k, v in agent.normalizer.state_dict().items()}
     agent.act(batch.obs)
     # Acting reads the statistics, it does not change them.
@@ -131,7 +113,7 @@ def test_next_obs_is_normalized_with_the_same_statistics():
     batch = random_batch(b=16, seed=7)
     agent.update(batch)
     seen = []
-    _record_encoder_inputs(agent.critic_encoder, seen)  # reads next obs (online, the default)
+    _record_inputs(agent, seen)
     agent.update(batch)
     expected = agent.normalizer(batch.next_obs)  # statistics after that update
     assert len(seen) == 2  # obs, then next obs
@@ -150,16 +132,6 @@ def test_normalizer_statistics_travel_with_the_agent_state():
     assert restored.normalizer.stats["goal"].count.item() == 3 * 8 * 2  # ag and dg rows
 
 
-def test_without_normalization_the_agent_sees_raw_vectors():
-    agent = make_agent(net=NetworkConfig(normalize_obs=False))
-    seen = []
-    _record_encoder_inputs(agent.actor_encoder, seen)
-    obs = random_obs(4, torch.Generator().manual_seed(8))
-    agent.update(random_batch(seed=8))
-    agent.act(obs)
-    assert torch.equal(seen[-1][PROPRIOCEPTION], obs[PROPRIOCEPTION])
-
-
 # ---------------------------------------------------------------- why it matters
 def _fit_vector_target(normalize: bool, steps: int = 300, batch: int = 256) -> float:
     """Train a twin-Q critic on [64 random image-like features, raw-scale Fetch vectors] to
@@ -168,7 +140,7 @@ def _fit_vector_target(normalize: bool, steps: int = 300, batch: int = 256) -> f
     must read the vectors."""
     gen = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    normalizer = ObservationNormalizer(VECTOR_SHAPES, list(VECTOR_SHAPES), enabled=normalize)
+    normalizer = ObservationNormalizer(VECTOR_SHAPES, list(VECTOR_SHAPES) if normalize else [])
     critic = TwinQ(64 + 16, 4, (256, 256))
     optimizer = torch.optim.Adam(critic.parameters(), lr=1e-3)
     action = torch.zeros(batch, 4)
@@ -202,34 +174,16 @@ def test_critic_fits_a_vector_target_beside_image_features_only_when_normalized(
     assert raw > 0.8, raw  # measured: 1.02 (no better than predicting the mean)
 
 
-# ---------------------------------------------------------------- the critic's range
-def test_return_bounds():
-    low, high = return_bounds((-1.0, 0.0), 0.95)
-    assert high == 0.0 and low == pytest.approx(-20.0)
-    assert return_bounds((-float("inf"), 0.0), 0.98) == (-float("inf"), 0.0)
-    assert return_bounds((-1.0, 0.0), 1.0) == (-float("inf"), 0.0)
-
-
-@pytest.mark.parametrize("clip", [False, True])
-def test_clip_q_target_bounds_the_regression_target(clip):
-    agent = make_agent(clip_q_target=clip, reward_range=(-1.0, 0.0))
-    with torch.no_grad():  # the online critic says 0, the target critic says +100
-        for q in (agent.critic.q1, agent.critic.q2):
-            q[-1].weight.zero_(), q[-1].bias.zero_()
-        for q in (agent.target_critic.q1, agent.target_critic.q2):
-            q[-1].weight.zero_(), q[-1].bias.fill_(100.0)
-    loss = agent.update(random_batch(seed=9))["critic_loss"].item()
-    if clip:
-        assert loss == 0.0  # every target clipped to 0, the online critic's value
-    else:
-        assert loss > 0.5 * 90.0**2  # r + 0.95 (100 - alpha log pi) is ~95
-
-
+# ---------------------------------------------------------------- checkpoints saved before
 def test_statistics_saved_with_a_0_dim_count_still_load():
-    stats = RunningMeanStd(3)
-    stats.update(torch.ones(4, 3))
-    state = {k: v.clone() for k, v in stats.state_dict().items()}
-    state["count"] = state["count"].reshape(())  # as checkpoints before the (1,) count hold
-    restored = RunningMeanStd(3)
-    restored.load_state_dict(state)
-    assert restored.count.tolist() == [4.0] and torch.equal(restored.mean, stats.mean)
+    from pixelrl.compat import agent_state_to_resume
+
+    agent = make_agent()
+    agent.update(random_batch())
+    state = agent.state()
+    networks = dict(state["networks"])
+    key = "normalizer.stats.goal.count"
+    networks[key] = networks[key].reshape(())  # as checkpoints before the (1,) count hold
+    restored = make_agent(seed=1)
+    restored.load_state(agent_state_to_resume({**state, "networks": networks}))
+    assert restored.normalizer.stats["goal"].count.tolist() == [16.0]

@@ -41,32 +41,26 @@ def test_plot_writes_a_png_with_the_curves(tmp_path):
     assert scalars["rollout/success_rate"][1][-1] == pytest.approx(0.9)
 
 
-def test_probe_panel_is_a_fourth_panel(tmp_path):
-    write_run(tmp_path / "runs" / "a" / "seed0", 0.001)
-    plain, probed = tmp_path / "plain.png", tmp_path / "probe.png"
-    assert main([str(tmp_path / "runs"), "--out", str(plain)]) == 0
-    assert main([str(tmp_path / "runs"), "--out", str(probed), "--probe"]) == 0
+@pytest.mark.parametrize(
+    "flag, panels, expected, taller",
+    [
+        ("--probe", "PROBE_PANELS", [10.0], 1.25),  # one panel more
+        ("--estimate", "ESTIMATE_PANELS", [3.0, 2.0, 1.0], 1.9),  # three panels more
+    ],
+)
+def test_extra_panels_draw_their_scalars(tmp_path, flag, panels, expected, taller):
     from PIL import Image
 
-    assert Image.open(probed).size[1] > Image.open(plain).size[1] * 1.25  # one panel taller
-    from pixelrl.plot import PANELS, PROBE_PANEL
+    import pixelrl.plot
 
-    scalars = read_scalars(tmp_path / "runs" / "a" / "seed0", (*PANELS, PROBE_PANEL))
-    assert scalars[PROBE_PANEL[0]][1][0] == pytest.approx(10.0)
-
-
-def test_estimate_panels_read_the_stored_estimates_errors(tmp_path):
     write_run(tmp_path / "runs" / "a" / "seed0", 0.001)
-    plain, estimated = tmp_path / "plain.png", tmp_path / "estimate.png"
+    plain, extra = tmp_path / "plain.png", tmp_path / "extra.png"
     assert main([str(tmp_path / "runs"), "--out", str(plain)]) == 0
-    assert main([str(tmp_path / "runs"), "--out", str(estimated), "--estimate"]) == 0
-    from PIL import Image
-
-    assert Image.open(estimated).size[1] > Image.open(plain).size[1] * 1.9  # three panels more
-    from pixelrl.plot import ESTIMATE_PANELS
-
-    scalars = read_scalars(tmp_path / "runs" / "a" / "seed0", ESTIMATE_PANELS)
-    assert [scalars[tag][1][0] for tag, _ in ESTIMATE_PANELS] == [3.0, 2.0, 1.0]
+    assert main([str(tmp_path / "runs"), "--out", str(extra), flag]) == 0
+    assert Image.open(extra).size[1] > Image.open(plain).size[1] * taller
+    tags = getattr(pixelrl.plot, panels)
+    scalars = read_scalars(tmp_path / "runs" / "a" / "seed0", tags)
+    assert [scalars[tag][1][0] for tag, _ in tags] == expected
 
 
 def test_plot_reports_runs_without_the_plotted_scalars(tmp_path, capsys):

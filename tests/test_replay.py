@@ -1,12 +1,13 @@
-"""Episode replay: storage, frame-stack gather, HER, rewards, DrQ, save/load, memory plan."""
+"""Episode replay: storage, frame-stack gather, HER, rewards, save/load, memory plan, stored
+estimates."""
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
 
-from pixelrl.buffers.augment import random_shift, shift_images
-from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
+from pixelrl.analysis.replay_check import replay_problems
+from pixelrl.buffers.her import compute_reward, relabel_fraction
 from pixelrl.buffers.replay import NOT_ESTIMATED, EpisodeReplay, ReplaySpec
 from pixelrl.config import EnvConfig, ReplayConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, STATE_ESTIMATE
@@ -180,87 +181,6 @@ def test_her_relabel_fraction_and_future_goals(k):
     assert torch.equal(batch.reward == 0, hit)
 
 
-def test_her_final_and_episode_strategies():
-    t = torch.tensor([0, 3, 9, 5])
-    lengths = torch.tensor([10, 10, 10, 6])
-    assert torch.equal(her_goal_steps(t, lengths, "final"), lengths)
-    g = torch.Generator().manual_seed(0)
-    many_t = t.repeat(5000)
-    many_l = lengths.repeat(5000)
-    steps = her_goal_steps(many_t, many_l, "episode", g)
-    assert (steps >= 1).all() and (steps <= many_l).all()
-    assert set(steps[many_l == 10].tolist()) == set(range(1, 11))
-    future = her_goal_steps(many_t, many_l, "future", g)
-    assert ((future > many_t) & (future <= many_l)).all()
-    with pytest.raises(ValueError, match="--her-strategy"):
-        her_goal_steps(t, lengths, "past")
-
-
-def test_final_strategy_in_replay():
-    replay = replay_for(
-        make_spec(T=10), buffer_size=100, her_n_sampled_goal=4, her_strategy="final"
-    )
-    fill(replay, [0, 1], [10, 5])
-    batch = replay.sample(4000)
-    ep = batch.obs[PROPRIOCEPTION][:, 0]
-    relabeled = batch.obs[DESIRED_GOAL][:, 0] >= 0
-    lengths = torch.tensor([10.0, 5.0])[ep.long()]
-    assert torch.equal(batch.obs[DESIRED_GOAL][relabeled, 1], lengths[relabeled])
-
-
-def test_shift_moves_a_bright_dot_by_s():
-    img = torch.zeros(1, 3, 16, 16, dtype=torch.uint8)
-    img[0, :, 5, 7] = 255
-    for dy, dx in [(3, 0), (0, -2), (-4, 4), (2, 3)]:
-        out = shift_images(img, torch.tensor([dy]), torch.tensor([dx]))
-        assert out.shape == img.shape and out.dtype == torch.uint8
-        ys, xs = torch.nonzero(out[0, 0], as_tuple=True)
-        assert (ys.tolist(), xs.tolist()) == ([5 + dy], [7 + dx])
-
-
-def test_shift_replicates_edges_like_drq_padding():
-    img = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
-    dy, dx = torch.tensor([2, -1]), torch.tensor([-3, 1])
-    out = shift_images(img, dy, dx)
-    # Reference: replicate-pad by 4, crop at offset (pad - dy, pad - dx).
-    pad = 4
-    padded = torch.nn.functional.pad(img, (pad,) * 4, mode="replicate")
-    for b in range(2):
-        oy, ox = pad - int(dy[b]), pad - int(dx[b])
-        assert torch.equal(out[b], padded[b, :, oy : oy + 6, ox : ox + 6])
-
-
-def test_random_shift_changes_images_independently():
-    g = torch.Generator().manual_seed(0)
-    img = torch.randint(0, 255, (64, 12, 84, 84), dtype=torch.uint8)
-    out = random_shift(img, 4, g)
-    assert out.shape == img.shape and out.dtype == torch.uint8
-    changed = (out != img).flatten(1).any(1)
-    assert changed.float().mean() > 0.9  # only a (0, 0) shift (1/81) leaves an image as is
-
-
-def test_drq_in_replay_shifts_obs_and_next_obs_differently():
-    spec = make_spec(T=10, k=2)
-    plain = replay_for(spec, buffer_size=100, drq=False)
-    drq = replay_for(spec, buffer_size=100, drq=True)
-    for replay in (plain, drq):
-        replay.start_episodes(step_obs(0, 0))
-        rng = torch.Generator().manual_seed(1)
-        for t in range(10):
-            nxt = step_obs(0, t + 1)
-            nxt[PIXELS] = torch.randint(
-                0, 255, (1, 3, SIDE, SIDE), generator=rng, dtype=torch.uint8
-            )
-            replay.add(torch.zeros(1, 4), nxt, [False], [t == 9], step_obs(1, 0))
-    # obs frames [t-1, t] and next_obs frames [t, t+1] share frame t; same shift -> equal.
-    b = plain.sample(256)
-    assert torch.equal(b.obs[PIXELS][:, 3:], b.next_obs[PIXELS][:, :3])
-    b = drq.sample(256)
-    same = (b.obs[PIXELS][:, 3:] == b.next_obs[PIXELS][:, :3]).flatten(1).all(1)
-    assert same.float().mean() < 0.2
-    assert b.obs[PIXELS].dtype == torch.uint8
-
-
 def test_save_load_round_trip_is_exact(tmp_path):
     spec = make_spec(T=10, n_envs=1)
     replay = replay_for(spec, buffer_size=30)
@@ -353,21 +273,11 @@ def test_real_env_transitions_and_rewards():
         np.testing.assert_array_equal(recomputed[slot].numpy(), expected)
     assert (env_rewards == 0).any() and (env_rewards == -1).any()
     # The replay's own consistency check passes real episodes and finds a spliced one.
-    assert replay.problems() == []
+    assert replay_problems(replay) == []
     proprio = replay.storage[PROPRIOCEPTION]
     proprio[1, 30:] = proprio[2, : T + 1 - 30]  # episode 1 continues as another from its start
-    (problem,) = replay.problems()
+    (problem,) = replay_problems(replay)
     assert "episode 1 step 29" in problem
-
-
-def test_slicing_shift_equals_gather_shift():
-    from pixelrl.buffers.augment import shift_images_by_slicing
-
-    g = torch.Generator().manual_seed(3)
-    img = torch.randint(0, 255, (32, 6, 20, 20), dtype=torch.uint8, generator=g)
-    dy = torch.randint(-4, 5, (32,), generator=g)
-    dx = torch.randint(-4, 5, (32,), generator=g)
-    assert torch.equal(shift_images_by_slicing(img, dy, dx, 4), shift_images(img, dy, dx))
 
 
 def test_envs_at_different_steps_stage_and_commit_correctly():

@@ -1,4 +1,4 @@
-"""Encoders, heads and the SAC update: the SB3 prototype's verification checks, as tests."""
+"""The image encoder, the heads and the SAC update (pixelrl/agents/sac.py)."""
 
 import io
 import math
@@ -8,19 +8,14 @@ import torch
 
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import Batch
-from pixelrl.config import NetworkConfig, SACConfig
-from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION
-from pixelrl.nets.encoders import (
-    ImageEncoder,
-    ManipulationCNN,
-    NatureCNN,
-    ObservationEncoder,
-    SpatialSoftmax,
-)
+from pixelrl.config import SACConfig
+from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, STATE_ESTIMATE
+from pixelrl.nets.encoders import ImageEncoder, ManipulationCNN, SpatialSoftmax
 from pixelrl.nets.heads import SquashedGaussianActor, squashed_gaussian_log_prob
 
 SHAPES = {PIXELS: (12, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)}
 KEYS = list(SHAPES)
+VECTOR_SHAPES = {k: v for k, v in SHAPES.items() if k != PIXELS}
 LOW, HIGH = [-1.0] * 4, [1.0] * 4
 
 
@@ -47,74 +42,47 @@ def random_batch(b: int = 8, seed: int = 0, pixels=SHAPES[PIXELS]) -> Batch:
 
 
 def make_agent(
-    routing="critic",
-    encoder="manip",
     ent_coef="0.05",
     seed=0,
-    net: NetworkConfig | None = None,
-    reward_range=(-1.0, 0.0),
+    keys=KEYS,
+    critic_keys=None,
+    shapes=SHAPES,
+    hidden_sizes=(256, 256),
     **sac,
 ) -> SAC:
-    """An agent whose heads read the image features and whose encoder only the RL losses
-    train (no auxiliary loss, no state estimate), so that these tests see SAC's own gradient
-    routing; the auxiliary loss and the estimate have their tests in test_encoder_position."""
+    """SAC end to end by default: the heads read the image encoder's features and the vectors,
+    and the critic's loss trains the encoder (`--encoder-grad critic`)."""
     torch.manual_seed(seed)
-    sac = {"aux_coef": 0.0, **sac}
-    return SAC(
-        SHAPES,
-        KEYS,
-        LOW,
-        HIGH,
-        net or NetworkConfig(encoder=encoder, state_estimate="off"),
-        SACConfig(encoder_grad=routing, ent_coef=ent_coef, **sac),
-        reward_range=reward_range,
-    )
+    cfg = SACConfig(ent_coef=ent_coef, encoder_grad="critic", **sac)
+    return SAC(shapes, keys, critic_keys or keys, LOW, HIGH, cfg, hidden_sizes)
 
 
 # ---------------------------------------------------------------- encoders
 def test_cnn_shapes():
     x = torch.rand(2, 12, 84, 84)
-    assert NatureCNN(12, 84).forward(x).shape == (2, 256)
     assert ManipulationCNN(12)(x).shape == (2, 32, 21, 21)
 
 
-def test_image_encoder_variants_and_sizes():
+def test_image_encoder_gives_64_normalized_keypoint_features():
     pixels = torch.randint(0, 256, (3, 12, 84, 84), dtype=torch.uint8)
-    sizes = {}
-    for cfg in (
-        NetworkConfig(encoder="manip"),
-        NetworkConfig(encoder="drqv2"),
-        NetworkConfig(encoder="manip", spatial_softmax=False),
-        NetworkConfig(encoder="nature"),
-        NetworkConfig(encoder="nature", norm=True),
-    ):
-        out = ImageEncoder(cfg, 12, 84)(pixels)
-        sizes[(cfg.encoder, cfg.uses_spatial_softmax, cfg.norm)] = out.shape[1]
-        if cfg.encoder != "nature" or cfg.norm:
-            assert out.abs().max() <= 1.0  # LayerNorm + Tanh trunk
-    assert sizes == {
-        ("manip", True, False): 64,
-        ("manip", False, False): 50,  # drqv2 and manip --no-spatial-softmax: one network
-        ("nature", False, False): 256,
-        ("nature", False, True): 50,
-    }
-    assert NetworkConfig(encoder="drqv2") == NetworkConfig(spatial_softmax=False)
+    encoder = ImageEncoder(12, 84)
+    assert encoder.features_dim == 64 and encoder(pixels, update_stats=True).shape == (3, 64)
+    assert encoder.keypoints(pixels).abs().max() <= 1.0  # SpatialSoftmax coordinates
 
 
-def test_observation_encoder_joins_keys():
-    enc = ObservationEncoder(NetworkConfig(), SHAPES, KEYS)
-    assert enc.features_dim == 64 + 10 + 3 + 3  # the SB3 prototype's 80-D features
-    obs = random_obs(4, torch.Generator().manual_seed(0))
-    features = enc(obs)
-    assert features.shape == (4, 80)
+def test_sac_inputs_join_the_image_features_and_the_vectors():
+    agent = make_agent()
+    obs = agent.normalizer(random_obs(4, torch.Generator().manual_seed(0)))
+    features = agent.join(agent.inputs(obs), KEYS)
+    assert features.shape == (4, 64 + 10 + 3 + 3)  # the SB3 pipeline's 80-D features
     assert torch.equal(features[:, 64:74], obs[PROPRIOCEPTION])  # vectors pass through
     assert torch.equal(features[:, -3:], obs[DESIRED_GOAL])
-    no_goal = ObservationEncoder(NetworkConfig(), SHAPES, [PIXELS, PROPRIOCEPTION])
-    assert no_goal.features_dim == 74
+    vectors = make_agent(keys=[PROPRIOCEPTION, DESIRED_GOAL], shapes=VECTOR_SHAPES)
+    assert vectors.image is None and vectors.actor.trunk[0].in_features == 13
 
 
 def test_pixels_are_scaled_once():
-    enc = ImageEncoder(NetworkConfig(encoder="drqv2"), 3, 32)
+    enc = ImageEncoder(3, 32)
     seen = {}
 
     def record_input(module, inputs, output):
@@ -180,33 +148,20 @@ def test_actor_sample_and_deterministic_action():
     assert action.abs().max() < 1 and log_prob.shape == (16,)
 
 
-# ---------------------------------------------------------------- routing
-def encoder_params(agent, which):
-    return list(getattr(agent, f"{which}_encoder").parameters())
-
-
+# ---------------------------------------------------------------- what trains what
 def optimizer_param_ids(opt):
     return {id(p) for group in opt.param_groups for p in group["params"]}
 
 
-@pytest.mark.parametrize("routing", ["critic", "actor", "separate"])
-def test_optimizer_membership(routing):
-    agent = make_agent(routing)
+def test_end_to_end_the_encoder_is_in_the_critic_optimizer_only():
+    agent = make_agent()
     critic_ids = optimizer_param_ids(agent.critic_optimizer)
     actor_ids = optimizer_param_ids(agent.actor_optimizer)
-    critic_enc = {id(p) for p in encoder_params(agent, "critic")}
-    actor_enc = {id(p) for p in encoder_params(agent, "actor")}
-    assert len(critic_enc) == 9  # 4 convs x 2 + log temperature (the running trunk has none)
-    if routing == "critic":
-        assert critic_enc <= critic_ids and not (critic_enc & actor_ids)
-    elif routing == "actor":
-        assert actor_enc <= actor_ids and not (actor_enc & critic_ids)
-    else:
-        assert critic_enc <= critic_ids and actor_enc <= actor_ids
-        assert not (critic_enc & actor_enc) and not (critic_enc & actor_ids)
-    target_ids = {id(p) for p in agent.target_encoder.parameters()}
-    target_ids |= {id(p) for p in agent.target_critic.parameters()}
-    assert not target_ids & (critic_ids | actor_ids)
+    encoder = {id(p) for p in agent.image.parameters()}
+    assert len(encoder) == 9  # 4 convs x 2 + log temperature (the keypoint norm has none)
+    assert encoder <= critic_ids and not (encoder & actor_ids)
+    assert actor_ids == {id(p) for p in agent.actor.parameters()}
+    assert not {id(p) for p in agent.target_critic.parameters()} & (critic_ids | actor_ids)
 
 
 def _snapshot(params):
@@ -217,49 +172,27 @@ def _changed(before, params):
     return any(not torch.equal(b, p) for b, p in zip(before, params, strict=True))
 
 
-@pytest.mark.parametrize(
-    "routing, expected",
-    [
-        # which encoder changes at the critic step and at the actor step
-        (
-            "critic",
-            {"critic": {"critic": True, "actor": True}, "actor": {"critic": False, "actor": False}},
-        ),
-        (
-            "actor",
-            {"critic": {"critic": False, "actor": False}, "actor": {"critic": True, "actor": True}},
-        ),
-        (
-            "separate",
-            {"critic": {"critic": True, "actor": False}, "actor": {"critic": False, "actor": True}},
-        ),
-    ],
-)
-def test_which_step_moves_which_encoder(routing, expected):
-    agent = make_agent(routing)
+def test_the_critic_step_moves_the_encoder_and_the_actor_step_does_not():
+    agent = make_agent()
     observed = {}
     for step_name in ("critic", "actor"):
         optimizer = getattr(agent, f"{step_name}_optimizer")
         original = optimizer.step
 
         def step(*args, _original=original, _name=step_name, **kwargs):
-            before = {w: _snapshot(encoder_params(agent, w)) for w in ("critic", "actor")}
+            before = _snapshot(agent.image.parameters())
             result = _original(*args, **kwargs)
-            observed[_name] = {
-                w: _changed(before[w], encoder_params(agent, w)) for w in ("critic", "actor")
-            }
+            observed[_name] = _changed(before, agent.image.parameters())
             return result
 
         optimizer.step = step
     agent.update(random_batch())
-    assert observed == expected
+    assert observed == {"critic": True, "actor": False}
 
 
-@pytest.mark.parametrize("routing", ["critic", "actor", "separate"])
-def test_target_moves_only_by_polyak(routing):
-    agent = make_agent(routing, tau=0.05)
-    target = list(agent.target_encoder.parameters()) + list(agent.target_critic.parameters())
-    online = list(agent.critic_encoder.parameters()) + list(agent.critic.parameters())
+def test_target_moves_only_by_polyak():
+    agent = make_agent(tau=0.05)
+    target, online = list(agent.target_critic.parameters()), list(agent.critic.parameters())
     for _ in range(2):
         before = _snapshot(target)
         agent.update(random_batch(seed=1))
@@ -269,11 +202,50 @@ def test_target_moves_only_by_polyak(routing):
     assert _changed(_snapshot(online), target)
 
 
+def test_actor_and_critic_read_their_own_keys_in_every_call():
+    """With the estimate in the actor's keys and the true achieved goal in the critic's (the
+    privileged critic), every critic call reads the achieved goal (obs' for Q, next obs' for
+    the target) and every actor call the estimate (next action, actor step, acting)."""
+    shapes = VECTOR_SHAPES | {STATE_ESTIMATE: (3,)}
+    actor_keys = [PROPRIOCEPTION, DESIRED_GOAL, STATE_ESTIMATE]
+    critic_keys = [PROPRIOCEPTION, DESIRED_GOAL, ACHIEVED_GOAL]
+    agent = make_agent(keys=actor_keys, critic_keys=critic_keys, shapes=shapes)
+    seen = {"critic": [], "target_critic": [], "actor": []}
+    for name, calls in seen.items():
+        getattr(agent, name).register_forward_pre_hook(
+            lambda module, args, _calls=calls: _calls.append(args[0][:, -3:].detach().clone())
+        )
+    batch = random_batch(16, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    batch.obs[STATE_ESTIMATE] = batch.obs[ACHIEVED_GOAL] + torch.rand(16, 3, generator=gen)
+    batch.next_obs[STATE_ESTIMATE] = batch.next_obs[ACHIEVED_GOAL] + 0.5
+    agent.update(batch)
+    assert len(seen["critic"]) == 2 and len(seen["target_critic"]) == 1
+    assert len(seen["actor"]) == 2  # the next action, the actor step
+    # What each call read, scaled with the statistics the update scaled with (this batch's).
+    scaled = {
+        "goal": agent.normalizer(batch.obs)[ACHIEVED_GOAL],
+        "next_goal": agent.normalizer(batch.next_obs)[ACHIEVED_GOAL],
+        "estimate": agent.normalizer(batch.obs)[STATE_ESTIMATE],
+        "next_estimate": agent.normalizer(batch.next_obs)[STATE_ESTIMATE],
+    }
+    for read in seen["critic"]:
+        torch.testing.assert_close(read, scaled["goal"], rtol=0, atol=0)
+    torch.testing.assert_close(seen["target_critic"][0], scaled["next_goal"], rtol=0, atol=0)
+    torch.testing.assert_close(seen["actor"][0], scaled["next_estimate"], rtol=0, atol=0)
+    torch.testing.assert_close(seen["actor"][1], scaled["estimate"], rtol=0, atol=0)
+    # Acting reads no achieved goal: the actor reads the estimate.
+    obs = {k: v[:5] for k, v in batch.obs.items() if k != ACHIEVED_GOAL}
+    assert agent.act(obs, deterministic=True).shape == (5, 4)
+    torch.testing.assert_close(seen["actor"][-1], scaled["estimate"][:5], rtol=0, atol=0)
+
+
 # ---------------------------------------------------------------- the update
-@pytest.mark.parametrize("routing", ["critic", "actor", "separate"])
+@pytest.mark.parametrize("end_to_end", [True, False])
 @pytest.mark.parametrize("ent_coef", ["0.05", "auto"])
-def test_update_is_finite_and_reports_sb3_scalars(routing, ent_coef):
-    agent = make_agent(routing, ent_coef=ent_coef)
+def test_update_is_finite_and_reports_sb3_scalars(end_to_end, ent_coef):
+    keys = KEYS if end_to_end else [PROPRIOCEPTION, ACHIEVED_GOAL, DESIRED_GOAL]
+    agent = make_agent(ent_coef=ent_coef, keys=keys)
     metrics = agent.update(random_batch())
     expected = {"critic_loss", "actor_loss", "ent_coef", "q_mean"}
     if ent_coef == "auto":
@@ -343,46 +315,3 @@ def test_state_round_trip_gives_identical_actions_and_updates():
     for key in m1:
         assert torch.equal(m1[key], m2[key]), key
     assert math.isclose(agent.log_alpha.item(), restored.log_alpha.item())
-
-
-def test_encoder_diagnostics_names():
-    agent = make_agent()
-    diag = agent.encoder_diagnostics(random_obs(8, torch.Generator().manual_seed(0)))
-    assert diag["encoder/spatial_softmax_temperature"].item() == pytest.approx(1.0)
-    assert {f"encoder/{k}_std_across_batch" for k in KEYS} <= set(diag)
-    assert {"probe/achieved_goal_r2", "probe/achieved_goal_median_error_cm"} <= set(diag)
-    assert "encoder/keypoints_std_across_batch" in diag
-
-
-@pytest.mark.parametrize(
-    "next_obs_encoder, expected",
-    [
-        # encoder calls in one update: (online critic encoder, target encoder)
-        ("target", (1, 1)),  # obs online; next obs by the target, for target Q and next action
-        ("online", (2, 0)),  # DrQ-v2: the online encoder reads next obs too
-        ("split", (2, 1)),  # SB3: target for the target Q, online for the next action
-    ],
-)
-def test_next_obs_encoder_choice(next_obs_encoder, expected):
-    agent = make_agent(next_obs_encoder=next_obs_encoder)
-    calls = {"online": 0, "target": 0}
-    for name, encoder in (
-        ("online", agent.critic_encoder.image),
-        ("target", agent.target_encoder.image),
-    ):
-        encoder.register_forward_pre_hook(
-            lambda module, args, _name=name: calls.__setitem__(_name, calls[_name] + 1)
-        )
-    agent.update(random_batch())
-    assert (calls["online"], calls["target"]) == expected
-
-
-def test_encoder_learning_rate_applies_to_the_encoder_only():
-    agent = make_agent(learning_rate=1e-3, encoder_lr=1e-4)
-    groups = agent.critic_optimizer.param_groups
-    encoder_ids = {id(p) for p in agent.critic_encoder.parameters()}
-    for group in groups:
-        ids = {id(p) for p in group["params"]}
-        assert ids <= encoder_ids if group["lr"] == 1e-4 else not ids & encoder_ids
-    assert sorted(g["lr"] for g in groups) == [1e-4, 1e-3]
-    assert [g["lr"] for g in agent.actor_optimizer.param_groups] == [1e-3]

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import tyro
 
-from pixelrl.build import config_tag
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints
+from pixelrl.compat import config_tag
 from pixelrl.config import ConfigError, TrainConfig
 from pixelrl.sweep import grid_configs, is_finished, parse_grid, report, trial_resources
 
@@ -26,9 +26,10 @@ def base(*flags: str) -> TrainConfig:
 
 def test_grid_is_the_product_of_values_parsed_as_train_py_would():
     configs = grid_configs(
-        base("--env-id", "FetchReach-v4"), parse_grid(["learning-rate=1e-3,3e-4", "drq=true,false"])
+        base("--env-id", "FetchReach-v4"),
+        parse_grid(["learning-rate=1e-3,3e-4", "native-render=true,false"]),
     )
-    assert [(c.sac.learning_rate, c.replay.drq) for c in configs] == [
+    assert [(c.sac.learning_rate, c.env.native_render) for c in configs] == [
         (1e-3, True),
         (1e-3, False),
         (3e-4, True),
@@ -46,7 +47,7 @@ def test_grid_is_the_product_of_values_parsed_as_train_py_would():
         ("no-such-flag=1", "--grid no-such-flag"),
         ("learning-rate=fast", "--learning-rate fast is not a valid setting"),
         ("encoder=resnet", "--encoder resnet is not a valid setting"),
-        ("drq=yes", "--grid drq=yes: use true or false"),
+        ("native-render=yes", "--grid native-render=yes: use true or false"),
         ("batch-size=0", "--batch-size 0: must be >= 1"),
     ],
 )
@@ -125,7 +126,9 @@ def sweep(runs: Path, *extra: str, **kwargs):
 
 def test_sweep_runs_resumes_a_killed_trial_skips_finished_ones_and_reports(tmp_path):
     runs = tmp_path / "runs"
-    victim = runs / "manip_FetchReach-v4_fullState_envs1_buf2000_lr0.001_bs16_ls100" / "seed1"
+    train_flags = SWEEP[: SWEEP.index("--grid")]
+    victim_tag = config_tag(base(*train_flags, "--learning-rate", "0.001"))
+    victim = runs / victim_tag / "seed1"
     killed = {}
 
     def kill_mid_run():  # the trial's own process, after its first checkpoint
@@ -147,7 +150,7 @@ def test_sweep_runs_resumes_a_killed_trial_skips_finished_ones_and_reports(tmp_p
     assert killed, out[-3000:]
     assert first.returncode == 1, out[-3000:]
     assert "0 finished, 4 to run" in out
-    assert "FAILED manip_FetchReach-v4_fullState_envs1_buf2000_lr0.001_bs16_ls100/seed1" in out
+    assert f"FAILED {victim_tag}/seed1" in out
     assert out.count("  done   ") == 3  # the others went on
 
     second = sweep(runs)

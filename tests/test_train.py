@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 import torch
 
-from pixelrl.build import check_resume_config, config_tag, run_directory
+from pixelrl.build import check_resume_config, run_directory
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pixelrl.config import (
     ConfigError,
     EnvConfig,
-    NetworkConfig,
     ReplayConfig,
     RunConfig,
     SACConfig,
     TrainConfig,
     to_dict,
+    validate,
 )
 from pixelrl.envs import ACHIEVED_GOAL
 from pixelrl.trainer import Trainer, TrainState
@@ -349,6 +349,7 @@ def test_sigint_writes_a_checkpoint_and_exits_0(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     cfg = tiny(tmp_path, pixels=False, total_steps=400, checkpoint_freq=100)
+    cfg = replace(cfg, sac=replace(cfg.sac, gradient_steps=1))  # one update per vector step
     trainer = Trainer(cfg)
     real_update = trainer.agent.update
     calls = {"n": 0}
@@ -375,7 +376,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
     "args, message",
     [
         (["--encoder", "resnet"], "--encoder"),
-        (["--env-id", "FetchFly-v1"], "--env-id 'FetchFly-v1'"),
+        (["--env-id", "FetchFly-v1"], "invalid choice 'FetchFly-v1' for argument '--env-id'"),
         (["--full-state", "--no-pixels"], "--full-state and --no-pixels"),
         (["--image-size", "16"], "--image-size 16"),
         (["--ent-coef", "lots"], "--ent-coef 'lots'"),
@@ -385,9 +386,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys):
         (["--buffer-size", "100000000000"], "the largest --buffer-size that fits"),
         (["--device", "tpu"], "--device 'tpu'"),
         (["--full-state", "--no-proprioception"], "--no-proprioception needs the pixels mode"),
-        (["--obs-norm-clip", "0"], "--obs-norm-clip 0"),
-        (["--obs-norm-freeze-after", "0"], "--obs-norm-freeze-after 0"),
-        (["--encoder-lr", "-1"], "--encoder-lr -1"),
+        (["--drq"], "--drq: DrQ's random shift is not in pixelrl"),
+        (["--estimator-batch-size", "0"], "--estimator-batch-size 0"),
     ],
 )
 def test_bad_flags_exit_2_before_starting_anything(tmp_path, args, message):
@@ -398,49 +398,60 @@ def test_bad_flags_exit_2_before_starting_anything(tmp_path, args, message):
 
 
 def test_config_tag_names_what_differs():
-    assert config_tag(TrainConfig()) == "manip"
-    cfg = TrainConfig(
-        env=EnvConfig(full_state=True),
-        replay=ReplayConfig(drq=True),
-        sac=SACConfig(encoder_grad="actor"),
+    from pixelrl.compat import config_tag
+
+    cfg = TrainConfig(env=EnvConfig(full_state=True, goal_mode="both", frame_stack=4))
+    assert config_tag(cfg) == "manip_fullState_buf300000_lr0.001_gs4"
+    cfg = TrainConfig(env=EnvConfig(env_id="FetchReach-v4"), sac=SACConfig(batch_size=64))
+    assert config_tag(cfg) == (
+        "manip_FetchReach-v4_goal-desired_fs1_buf300000_lr0.001_bs64_estimatorEnc_gs4"
     )
-    assert config_tag(cfg) == "manip_fullState_DrQ_actorEnc"
-    assert config_tag(TrainConfig(network=NetworkConfig(encoder="drqv2"))) == "manip_noSS"
-    # --privileged-critic is named only where it changes what the critic reads.
-    no_privileged = SACConfig(privileged_critic=False)
-    assert config_tag(TrainConfig(sac=no_privileged)) == "manip"  # --goal-mode both
-    desired = EnvConfig(goal_mode="desired")
-    assert config_tag(TrainConfig(env=desired)) == "manip_goal-desired"
-    no_privileged_desired = TrainConfig(env=desired, sac=no_privileged)
-    assert config_tag(no_privileged_desired) == "manip_goal-desired_noPrivCritic"
 
 
-def test_resume_check_reads_an_older_run_config_through_the_config_classes():
-    before_the_recipe = dict(keypoint_trunk="layernorm", state_estimate="off")
-    cfg = TrainConfig(
-        network=NetworkConfig(encoder="drqv2", **before_the_recipe), sac=SACConfig(aux_coef=0.0)
+SB3_PROTOTYPE_COMMAND = (
+    "python train.py --goal-mode both --frame-stack 4 --learning-rate 1e-4 --gradient-steps 1 "
+    "--buffer-size 500000 --encoder-grad critic"
+)
+
+
+def test_the_sb3_prototypes_settings_are_one_command_of_the_readme():
+    """Its hyperparameters (4 stacked frames, both goals as inputs, lr 1e-4, one update per
+    vector step, batch 256, 500K buffer) with the image in the critic's update."""
+    import shlex
+
+    import tyro
+
+    readme = " ".join((ROOT / "README.md").read_text().replace("\\\n", " ").split())
+    assert SB3_PROTOTYPE_COMMAND in readme
+    cfg = tyro.cli(
+        TrainConfig,
+        args=shlex.split(SB3_PROTOTYPE_COMMAND)[2:],
+        config=(tyro.conf.OmitArgPrefixes,),
     )
+    validate(cfg)
+    assert (cfg.env.goal_mode, cfg.env.frame_stack, cfg.replay.buffer_size) == ("both", 4, 500_000)
+    assert (cfg.sac.learning_rate, cfg.sac.gradient_steps, cfg.sac.batch_size) == (1e-4, 1, 256)
+    assert cfg.sac.encoder_grad == "critic"
+
+
+def test_resume_check_names_what_differs_and_reads_older_runs_through_compat():
+    from pixelrl.compat import full_dict
+
+    cfg = TrainConfig(env=EnvConfig(no_pixels=True))
     saved = to_dict(cfg)
-    saved["env"]["mp_context"] = "spawn"  # a flag pixelrl no longer has
-    saved["network"]["encoder"] = "drqv2"  # an alias, stored before it was one
-    for key in before_the_recipe:  # flags added since: the run had them as ADDED_LATER says
-        del saved["network"][key]
-    del saved["sac"]["aux_coef"]
-    del saved["sac"]["privileged_critic"]  # off before it existed: here it does not apply
     check_resume_config(saved, cfg)
-    with pytest.raises(ConfigError, match=r"--aux-coef \(run: 0.0, now: 1.0\)"):
-        check_resume_config(saved, TrainConfig(network=NetworkConfig(encoder="drqv2")))
     saved["sac"]["batch_size"] = 7
-    with pytest.raises(ConfigError, match="--batch-size"):
+    with pytest.raises(ConfigError, match=r"--batch-size \(run: 7, now: 256\)"):
         check_resume_config(saved, cfg)
-    # Where it applies, a run saved without it (the critic read the estimate) is told apart.
-    desired = TrainConfig(env=EnvConfig(goal_mode="desired"))
-    saved_desired = to_dict(desired)
-    del saved_desired["sac"]["privileged_critic"]
-    with pytest.raises(ConfigError, match=r"--privileged-critic \(run: False, now: True\)"):
-        check_resume_config(saved_desired, desired)
-    off = TrainConfig(env=desired.env, sac=SACConfig(privileged_critic=False))
-    check_resume_config(saved_desired, off)
+    # A run saved before the study's switches were retired, at the values kept: it resumes.
+    older = full_dict(TrainConfig())  # every field, the retired ones at the values kept
+    assert older["network"]["keypoint_trunk"] == "running"
+    older["env"]["mp_context"] = "spawn"  # a flag pixelrl never had under this name
+    check_resume_config(older, TrainConfig())
+    # At a retired value: the error names the commit that resumes it.
+    older["sac"]["next_obs_encoder"] = "target"
+    with pytest.raises(ConfigError, match="--next-obs-encoder target.*git checkout"):
+        check_resume_config(older, TrainConfig())
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from test_train import _wait_for, cli, run_script, start_train, tiny
 
+from pixelrl.analysis.replay_check import replay_problems
 from pixelrl.build import run_directory
 from pixelrl.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from pixelrl.envs import PROPRIOCEPTION
@@ -44,7 +45,7 @@ def assert_only_real_episodes(replay):
     moved the gripper by the displacement the env reports), 50 steps from the reset pose."""
     n = replay.num_episodes
     assert n > 0
-    assert replay.problems() == []
+    assert replay_problems(replay) == []
     assert (replay.storage["lengths"][:n] == 50).all()
     start = replay.storage[PROPRIOCEPTION][:n, 0, :3].numpy()
     np.testing.assert_allclose(start, np.tile(REACH_INITIAL_GRIP_POS, (n, 1)), atol=1e-3)
@@ -268,11 +269,11 @@ def test_a_really_full_disk_is_an_error_not_a_crash(tmp_path, checkpoint_sizes, 
 
 
 def test_chaos_soak_kills_freezes_then_sigterm_and_resume_lose_nothing(tmp_path):
-    """benchmarks/soak.py, short: a run whose workers are killed every few seconds and frozen
+    """ops/soak.py, short: a run whose workers are killed every few seconds and frozen
     (once shorter than --worker-timeout, once longer), then SIGTERM to its process group, then
     --resume. Every failure is replaced and counted, nothing half-written is stored."""
     result = run_script(
-        "benchmarks/soak.py",
+        "ops/soak.py",
         ["--seconds", "30", "--kill-every", "4", "--freeze-every", "9", "--worker-timeout", "5",
          "--checkpoint-freq", "500", "--runs-dir", str(tmp_path), "--json"],
         timeout=600,

@@ -13,10 +13,9 @@ With `--encoder-grad estimator` (the default with pixels) the image is the estim
                     estimate's place (the privileged critic). No image reaches its update, so
                     an update costs what the no-pixels control's does.
 
-No RL loss reaches the encoder. That was already so with `--state-estimate only` under the
-other routings, whose every SAC update still encoded its batch's images (for the auxiliary
-loss and the estimate the actor reads): about 98% of that update's time on a CPU
-(benchmarks/RESULTS.md).
+No RL loss reaches the encoder: what the heads read of the image is 3 numbers, and the image
+need not be in SAC's update at all (where it was, encoding the batch's images took about 98% of
+the update's time on a CPU; benchmarks/RESULTS.md).
 
 The estimates SAC trains on are stored: the replay keeps one beside each frame, in metres,
 written by the current estimator when an episode enters the replay and rewritten, the stalest
@@ -34,8 +33,6 @@ from torch import nn
 
 from pixelrl.agents.sac import SAC
 from pixelrl.buffers.replay import Batch
-from pixelrl.config import NetworkConfig
-from pixelrl.diagnostics import median_distance_cm, spread_across_batch, where_things_are
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS, STATE_ESTIMATE
 from pixelrl.nets.encoders import STATE_HEAD_HIDDEN, ImageEncoder
 from pixelrl.nets.heads import mlp
@@ -48,32 +45,22 @@ class StateEstimator(nn.Module):
     optimizer.
 
     Args:
-        cfg: the image encoder's settings (--encoder, --keypoint-trunk, ...).
-        pixels_shape: (3k, H, W) of the stacked frames it reads.
+        pixels_shape: (3k, H, W) of the stacked frames it reads (square).
         goal_dim: size of the achieved goal it estimates.
         learning_rate: its Adam's.
-        loss_coef: weight of its loss (--aux-coef).
         device: where it lives.
     """
 
     def __init__(
         self,
-        cfg: NetworkConfig,
         pixels_shape: tuple[int, int, int],
         goal_dim: int,
         learning_rate: float,
-        loss_coef: float = 1.0,
         device: torch.device | str = "cpu",
     ):
         super().__init__()
-        channels, height, width = pixels_shape
-        if height != width:
-            raise ValueError(f"square images expected, got {height}x{width}")
-        self.image = ImageEncoder(cfg, channels, height)
-        with torch.no_grad():
-            features_dim = self.image(torch.zeros((1, *pixels_shape), dtype=torch.uint8)).shape[-1]
-        self.head = mlp(features_dim, STATE_HEAD_HIDDEN, goal_dim)
-        self.loss_coef = loss_coef
+        self.image = ImageEncoder(*pixels_shape[:2])
+        self.head = mlp(self.image.features_dim, STATE_HEAD_HIDDEN, goal_dim)
         self.to(device)
         self.optimizer = torch.optim.Adam(self.parameters(), lr=learning_rate)
 
@@ -87,7 +74,7 @@ class StateEstimator(nn.Module):
         (B, G): minimize the MSE of the estimate."""
         loss = F.mse_loss(self(pixels, update_stats=True).float(), target)
         self.optimizer.zero_grad(set_to_none=True)
-        (self.loss_coef * loss).backward()
+        loss.backward()
         self.optimizer.step()
         return {"aux_loss": loss.detach()}
 
@@ -113,12 +100,6 @@ class EstimatorAgent(nn.Module):
     def device(self) -> torch.device:
         return self.sac.device
 
-    @property
-    def privileged_critic(self) -> bool:
-        return self.sac.privileged_critic
-
-    has_state_estimate = True  # `estimate_achieved_goal` answers, as SAC's with a state head
-
     @torch.no_grad()
     def estimate(self, pixels: torch.Tensor) -> torch.Tensor:
         """The estimate of the achieved goal (B, G) in metres for frames (B, 3k, H, W) uint8,
@@ -143,36 +124,6 @@ class EstimatorAgent(nn.Module):
         target = self.normalizer({ACHIEVED_GOAL: achieved_goal})[ACHIEVED_GOAL]
         return self.estimator.update(pixels, target)
 
-    @torch.no_grad()
-    def estimate_achieved_goal(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The estimate (B, G) in metres from raw obs, for analyses."""
-        return self.estimate(obs[PIXELS])
-
-    @torch.no_grad()
-    def encoder_diagnostics(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Where things are, for stored observations (raw, with the achieved goal and the stored
-        estimate, if written yet): SAC's input spreads, `pixelrl.diagnostics.where_things_are`
-        for the current estimator, and how far the stored estimates SAC trains on are from the
-        truth and from the current estimator's (`estimate/stored_error_cm`,
-        `estimate/staleness_cm`: medians, cm)."""
-        fresh = self.estimate(obs[PIXELS])
-        vectors = {STATE_ESTIMATE: fresh} | {k: v for k, v in obs.items() if k != PIXELS}
-        out = self.sac.encoder_diagnostics(vectors)
-        image = self.estimator.image
-        keypoints = image.pre_trunk(obs[PIXELS])
-        features = image.trunk(keypoints)
-        out["encoder/pixels_std_across_batch"] = spread_across_batch(features).mean()
-        if image.spatial_softmax is not None:
-            out["encoder/spatial_softmax_temperature"] = image.spatial_softmax.temperature[0]
-        else:
-            keypoints = None
-        out.update(where_things_are(features, obs[ACHIEVED_GOAL], fresh, keypoints))
-        if STATE_ESTIMATE in obs:
-            stored = obs[STATE_ESTIMATE]
-            out["estimate/stored_error_cm"] = median_distance_cm(stored, obs[ACHIEVED_GOAL])
-            out["estimate/staleness_cm"] = median_distance_cm(stored, fresh)
-        return out
-
     def state(self) -> dict:
         """Both learners' networks and optimizers as state dicts (for checkpoints): SAC's as
         `SAC.state` gives them, and the estimator's beside."""
@@ -185,3 +136,8 @@ class EstimatorAgent(nn.Module):
         self.sac.load_state(state)
         self.estimator.load_state_dict(state["estimator"])
         self.estimator.optimizer.load_state_dict(state["estimator_optimizer"])
+
+    def load_weights(self, state: dict) -> None:
+        """Both learners' networks alone (to act)."""
+        self.sac.load_weights(state)
+        self.estimator.load_state_dict(state["estimator"])

@@ -3,11 +3,8 @@ arXiv:1707.01495).
 
 A transition t of an episode of length L moves the agent from step t to t+1; its reward is
 the env's rule applied to achieved_goal[t + 1] (the step after acting) and the desired goal.
-Relabeling replaces the desired goal by achieved_goal[t'] of the same episode:
-
-    future:  t' uniform in [t + 1, L]   (a state reached later in the episode)
-    final:   t' = L                     (the episode's last state)
-    episode: t' uniform in [1, L]       (any state reached in the episode)
+Relabeling replaces the desired goal by achieved_goal[t'] of the same episode, a state
+reached later in it: t' uniform in [t + 1, L] (the paper's `future` strategy).
 
 With `n_sampled_goal` k, a fraction k / (k + 1) of sampled transitions is relabeled, as in the
 paper and SB3's HerReplayBuffer; the rest keep their original goal.
@@ -15,11 +12,7 @@ paper and SB3's HerReplayBuffer; the rest keep their original goal.
 
 from __future__ import annotations
 
-import math
-
 import torch
-
-STRATEGIES = ("future", "final", "episode")
 
 
 def relabel_fraction(n_sampled_goal: int) -> float:
@@ -27,27 +20,21 @@ def relabel_fraction(n_sampled_goal: int) -> float:
     return n_sampled_goal / (n_sampled_goal + 1)
 
 
-def her_goal_steps(
-    t: torch.Tensor, lengths: torch.Tensor, strategy: str, generator: torch.Generator | None = None
+def future_goal_steps(
+    t: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Index into achieved_goal [0, L] of the relabeled goal for each sampled transition.
+    """Index into achieved_goal [0, L] of the relabeled goal for each sampled transition: a
+    state reached later in the episode, uniform in [t + 1, L].
 
     Args:
         t: (B,) int64 transition index in its episode, 0 <= t < L.
         lengths: (B,) int64 episode length L of each sample.
-        strategy: "future", "final" or "episode".
     Returns:
-        (B,) int64 step t' with 1 <= t' <= L ("future" also has t' > t).
+        (B,) int64 step t' with t < t' <= L.
     """
-    if strategy == "final":
-        return lengths.clone()
     u = torch.rand(t.shape, device=t.device, generator=generator)
-    if strategy == "future":
-        span = lengths - t  # number of steps t+1 .. L
-        return torch.minimum(t + 1 + (u * span).long(), lengths)
-    if strategy == "episode":
-        return torch.minimum(1 + (u * lengths).long(), lengths)
-    raise ValueError(f"--her-strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    span = lengths - t  # number of steps t+1 .. L
+    return torch.minimum(t + 1 + (u * span).long(), lengths)
 
 
 def compute_reward(
@@ -68,13 +55,4 @@ def compute_reward(
         return -(distance > distance_threshold).float()
     if reward_type == "dense":
         return -distance.float()
-    raise ValueError(f"unknown reward_type {reward_type!r} (Fetch uses sparse or dense)")
-
-
-def reward_range(reward_type: str) -> tuple[float, float]:
-    """(lowest, highest) reward `compute_reward` can give: sparse {-1, 0}; dense -d <= 0."""
-    if reward_type == "sparse":
-        return (-1.0, 0.0)
-    if reward_type == "dense":
-        return (-math.inf, 0.0)
     raise ValueError(f"unknown reward_type {reward_type!r} (Fetch uses sparse or dense)")

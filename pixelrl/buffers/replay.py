@@ -1,4 +1,4 @@
-"""Device-resident ring of whole episodes with frame-stack gather, HER and DrQ at sample time.
+"""Device-resident ring of whole episodes with frame-stack gather and HER at sample time.
 
 Storage (allocated once on the learner's device, zero-filled so memory is really committed):
 
@@ -21,11 +21,11 @@ overwritten.
 
 `sample` draws transitions uniformly, rebuilds frame stacks of k by index gather (clamped at
 the episode's first step, as a reset repeats its first frame), relabels goals with HER and
-recomputes rewards with the env's rule, and optionally applies DrQ's shift. Pixels are
-returned as uint8; the encoder converts them to float once. A learner that reads no image
-samples without them (`pixels=False`); the estimator samples frames and their achieved goal
-(`sample_frames`). Estimates are written by `write_estimates`, to the episodes
-`stale_episodes` names: those not yet estimated, then the stalest.
+recomputes rewards with the env's rule. Pixels are returned as uint8; the encoder converts
+them to float once. A learner that reads no image samples without them (`pixels=False`); the
+estimator samples frames and their achieved goal (`sample_frames`). Estimates are written by
+`write_estimates`, to the episodes `stale_episodes` names: those not yet estimated, then the
+stalest.
 
 Memory per transition at 84x84 with proprioception: 21,168 B of frame x (T+1)/T plus ~70 B of
 vectors and actions, versus SB3's 169,600 B (obs and next_obs both stored frame-stacked).
@@ -42,16 +42,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pixelrl.buffers.augment import random_shift
-from pixelrl.buffers.her import compute_reward, her_goal_steps, relabel_fraction
+from pixelrl.buffers.her import compute_reward, future_goal_steps, relabel_fraction
 from pixelrl.config import ConfigError, ReplayConfig
 from pixelrl.envs import (
     ACHIEVED_GOAL,
     DESIRED_GOAL,
     PIXELS,
-    PROPRIO_GRIP_DISPLACEMENT,
-    PROPRIO_GRIP_POS,
-    PROPRIOCEPTION,
     STATE_ESTIMATE,
 )
 from pixelrl.transfer import to_device
@@ -162,15 +158,6 @@ def _load_array(path: Path, tensor: torch.Tensor) -> None:
     target = tensor[: len(data)]
     for start, stop in _chunks(target):
         target[start:stop] = torch.from_numpy(np.array(data[start:stop])).to(tensor.device)
-
-
-def read_saved_episodes(directory: str | os.PathLike, keys) -> tuple[dict, dict[str, np.ndarray]]:
-    """The ring's meta.json and, memory-mapped, the stored episodes' fields `keys` ("lengths",
-    observation keys, ...) as `EpisodeReplay.save` wrote them, in ring order: for analyses that
-    read a few fields of a replay too large to rebuild beside a running job."""
-    path = Path(directory)
-    meta = json.loads((path / "meta.json").read_text())
-    return meta, {key: np.load(path / f"storage.{key}.npy", mmap_mode="r") for key in keys}
 
 
 class EpisodeReplay:
@@ -426,9 +413,6 @@ class EpisodeReplay:
         next_obs: dict[str, torch.Tensor] = {}
         if self.has_pixels and pixels:
             obs[PIXELS], next_obs[PIXELS] = self.gather_frames(episode, t)
-            if cfg.drq:
-                obs[PIXELS] = random_shift(obs[PIXELS], cfg.drq_pad, self.generator)
-                next_obs[PIXELS] = random_shift(next_obs[PIXELS], cfg.drq_pad, self.generator)
         for key in self.vector_keys:
             obs[key] = s[key][episode, t]
             next_obs[key] = s[key][episode, t + 1]
@@ -439,7 +423,7 @@ class EpisodeReplay:
             relabel = torch.rand(
                 batch_size, device=self.device, generator=self.generator
             ) < relabel_fraction(cfg.her_n_sampled_goal)
-            goal_step = her_goal_steps(t, lengths, cfg.her_strategy, self.generator)
+            goal_step = future_goal_steps(t, lengths, self.generator)
             her_goal = s[ACHIEVED_GOAL][episode, goal_step]
             desired = torch.where(relabel[:, None], her_goal, desired)
         obs[DESIRED_GOAL] = desired
@@ -504,34 +488,6 @@ class EpisodeReplay:
         if self.has_pixels:
             obs[PIXELS] = self.gather_frames(episode, t)[0]
         return obs
-
-    # ------------------------------------------------------------------ consistency
-    def problems(self, max_jump: float = 0.04) -> list[str]:
-        """What is wrong with the stored episodes; an empty list when each is one whole real
-        episode. Checked: lengths within 1..max_episode_steps (stored and staged) and, where
-        proprioception is stored, that every step moved the gripper by about the displacement
-        the env reports for it (Fetch's velocity x dt; within 2.2 cm for random actions): a
-        transition spliced across two episodes jumps to the reset pose, 7 cm away at the
-        median. Reads the whole ring: for tests and benchmarks, not for the training loop."""
-        found = []
-        n, T = self.num_episodes, self.spec.max_episode_steps
-        lengths = self.host_lengths[:n]
-        bad = np.flatnonzero((lengths < 1) | (lengths > T))
-        if len(bad):
-            found.append(f"episodes {bad.tolist()[:10]} have lengths {lengths[bad].tolist()[:10]}")
-        if (self.staged_steps > T).any():
-            found.append(f"staged steps {self.staged_steps.tolist()} exceed {T}")
-        if PROPRIOCEPTION in self.storage and n:
-            proprio = self.storage[PROPRIOCEPTION][:n].cpu().numpy()
-            position = proprio[:, :, PROPRIO_GRIP_POS]
-            moved = position[:, 1:] - position[:, :-1]
-            error = np.abs(moved - proprio[:, 1:, PROPRIO_GRIP_DISPLACEMENT]).max(-1)
-            real = np.arange(T)[None, :] < lengths[:, None]  # steps past an episode's end
-            jumps = np.argwhere((error > max_jump) & real)
-            if len(jumps):
-                where = [f"episode {e} step {t}" for e, t in jumps[:5]]
-                found.append(f"{len(jumps)} transitions jump more than {max_jump} m: {where}")
-        return found
 
     # ------------------------------------------------------------------ save / load
     def save(self, directory: str | os.PathLike) -> None:

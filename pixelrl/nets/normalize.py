@@ -3,7 +3,7 @@
 Why: the image features leave the encoder bounded by LayerNorm + Tanh with a spread of ~0.5,
 while the vectors beside them vary by centimetres (positions ~0.08, velocities ~0.02). Fed
 raw, the heads fit the image features and never the goal geometry: pixel FetchReach stays at
-2% success where its no-pixels control reaches 100% (benchmarks/learning.md). Scaling each
+2% success where its no-pixels control reaches 100% (results/notebook.md). Scaling each
 vector dimension to zero mean and unit variance, clipped at +-5, fixes it; OpenAI baselines'
 HER (Andrychowicz et al. 2017) normalizes observations and goals the same way.
 
@@ -46,25 +46,18 @@ class RunningMeanStd(nn.Module):
         # Sum of squared deviations from the mean (variance = m2 / count).
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        count = state_dict.get(prefix + "count")
-        if count is not None and count.dim() == 0:  # saved before count became (1,)
-            state_dict[prefix + "count"] = count.reshape(1)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     @torch.no_grad()
-    def update(self, rows: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
-        """Merge rows (B, D); `weight` 0 leaves the statistics as they are, without a branch
-        (a branch on a device value would wait for the device)."""
+    def update(self, rows: torch.Tensor) -> None:
+        """Merge rows (B, D)."""
         rows = rows.to(torch.float64)
-        batch_count = rows.shape[0] * weight
+        batch_count = float(rows.shape[0])
         batch_mean = rows.mean(0)
         batch_m2 = ((rows - batch_mean) ** 2).sum(0)
         total = self.count + batch_count
         share = batch_count / total.clamp_min(1.0)  # the batch's share of all rows
         delta = batch_mean - self.mean
         self.mean.add_(delta * share)
-        self.m2.add_(batch_m2 * weight)
+        self.m2.add_(batch_m2)
         self.m2.add_(delta**2 * self.count * share)
         self.count.add_(batch_count)
 
@@ -80,13 +73,10 @@ class ObservationNormalizer(nn.Module):
 
     Args:
         obs_shapes: shape of each observation key the networks see.
-        keys: those keys (`pixelrl.envs.policy_keys`); the vectors among them are normalized.
+        keys: those keys; the vectors among them are normalized.
         clip: normalized values are clipped to [-clip, clip].
         min_std: floor of the std, so that a constant dimension (the table height of a goal,
             a gripper that cannot move) is centred, not blown up.
-        freeze_after: stop updating after this many batches (None: never). With 1 the
-            statistics are those of the first sampled batch only.
-        enabled: False gives the identity (--no-normalize-obs), with no statistics at all.
     """
 
     def __init__(
@@ -95,16 +85,13 @@ class ObservationNormalizer(nn.Module):
         keys,
         clip: float = 5.0,
         min_std: float = 1e-2,
-        freeze_after: int | None = None,
-        enabled: bool = True,
     ):
         super().__init__()
         self.clip = float(clip)
         self.min_std = float(min_std)
-        self.freeze_after = freeze_after
         # Statistics group -> the keys normalized with it.
         self.groups: dict[str, list[str]] = {}
-        for key in keys if enabled else []:
+        for key in keys:
             if key == PIXELS:
                 continue
             group = GOAL if key in GOAL_KEYS else key
@@ -119,16 +106,10 @@ class ObservationNormalizer(nn.Module):
     @torch.no_grad()
     def update(self, obs: dict[str, torch.Tensor]) -> None:
         """Add a batch of observations (B, ...) per key to the statistics."""
-        if not self.groups:
-            return
-        weight = 1.0
-        if self.freeze_after is not None:
-            weight = (self.batches_seen < self.freeze_after).to(torch.float64)
         for group, group_keys in self.groups.items():
             counted = [k for k in group_keys if k not in SCALED_ONLY]
             if counted:
-                rows = torch.cat([obs[k].flatten(1) for k in counted])
-                self.stats[group].update(rows, weight)
+                self.stats[group].update(torch.cat([obs[k].flatten(1) for k in counted]))
         self.batches_seen.add_(1)
 
     def _scale(self, group: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Chaos soak: a training run whose env workers are killed and frozen while it trains.
 
-    python benchmarks/soak.py --minutes 20                 # the recorded soak (RELIABILITY.md)
-    python benchmarks/soak.py --seconds 40 --kill-every 4  # the short one the test suite runs
+    python ops/soak.py --minutes 20                 # the recorded soak (RELIABILITY.md)
+    python ops/soak.py --seconds 40 --kill-every 4  # the short one the test suite runs
 
 train.py runs in its own process group (as a scheduler starts it) with 2 async envs. Every
 `--kill-every` seconds a random worker gets SIGKILL; every `--freeze-every` seconds one gets
@@ -106,7 +106,8 @@ def train_args(a, runs_dir: str, total_steps: int, resume: bool) -> list[str]:
 
 
 def soak(a) -> dict:
-    from pixelrl.build import build_replay, describe_env, load_config
+    from pixelrl.analysis.replay_check import replay_problems
+    from pixelrl.build import load_saved_replay
     from pixelrl.checkpoint import latest_checkpoint
 
     runs_dir = a.runs_dir or tempfile.mkdtemp(prefix="pixelrl-soak-")
@@ -163,9 +164,7 @@ def soak(a) -> dict:
     resume_exit = resumed.finish()
     tensorboard_restarts = _last_scalar(run_dir, "time/worker_restarts")  # both pieces
     final_path, final_state, final_meta = latest_checkpoint(run_dir)
-    cfg = load_config(final_meta)
-    replay = build_replay(cfg, describe_env(cfg.env)[0], "cpu")
-    replay.load(final_path / "replay")
+    replay = load_saved_replay(final_path)
     committed = replay.transitions_committed  # the ring may have overwritten some since
     staged = int(replay.staged_steps.sum())
     env_steps = final_state["counters"]["env_step"]
@@ -185,7 +184,7 @@ def soak(a) -> dict:
         "transitions committed": committed,
         "steps staged": staged,
         "steps dropped with partial episodes": env_steps - committed - staged,
-        "replay problems": replay.problems(),
+        "replay problems": replay_problems(replay),
         "run dir": str(run_dir),
     }
 

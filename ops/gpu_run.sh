@@ -1,21 +1,20 @@
 #!/usr/bin/env bash
-# The whole GPU window in one call: install what the image lacks, the machine's facts, SAC
-# updates/s and end-to-end env steps/s against the SB3 prototype's pipeline in the same call,
-# then a pixel FetchPush learning run for the rest of the budget. Runs on the GPU machine from
-# the repository root, with .whl/ and .gl/ carried (benchmarks/gpu_wheels.sh makes them):
+# A GPU machine measured in one command, within a fixed time: install what the machine lacks,
+# its facts, SAC updates/s and end-to-end env steps/s against the SB3 pipeline, then a pixel
+# FetchPush learning run for the rest of the budget. From the repository root; on a machine
+# without a network, with .whl/ and .gl/ beside it (ops/gpu_wheels.sh makes them where there is
+# one):
 #
-#   run(command="bash benchmarks/gpu_run.sh", carry=[".whl", ".gl"], timeout_s=600)
-#
-#   benchmarks/gpu_run.sh [--budget S] [--device cuda|cpu] [--smoke] [--plan] [--out DIR]
-#                         [--no-install]   (the packages are there already: skip .whl/.gl)
+#   bash ops/gpu_run.sh [--budget S] [--device cuda|cpu] [--smoke] [--plan] [--out DIR]
+#                       [--no-install]   (the packages are there already: skip .whl/.gl)
 #
 # Every stage has a hard time cap and writes its table before the next starts, so whatever
-# stage fails or runs out of time, the rest still runs and everything written comes back:
-# at most 8 files in $OUT (summary.md with the plan, the facts and every table; update.md,
-# fps.md, push.md, push_curves.png, logs.tar.gz). --plan prints the plan (seconds per stage)
-# and exits; the plan always fits the budget (default 540 s of the 600 s call: 60 s are left
-# for the machine's start and the copy back). --device cpu --smoke runs every stage small, on a
-# CPU, as the rehearsal and the test suite do.
+# stage fails or runs out of time, the rest still runs and everything written is kept: at most
+# 8 files in $OUT (summary.md with the plan, the facts and every table; update.md, fps.md,
+# push.md, push_curves.png, logs.tar.gz). --plan prints the plan (seconds per stage) and
+# exits; the plan always fits the budget (default 540 s: a 10-minute window less a minute for
+# starting and copying). --device cpu --smoke runs every stage small, on a CPU, as the test
+# suite does.
 set -uo pipefail
 
 usage() { sed -n '2,18p' "$0"; exit 2; }
@@ -144,7 +143,7 @@ table() {  # table NAME TITLE: what the stage measured (its header, rows and run
   grep -E '^(#|\||  )' "$LOGS/$1.log" > "$OUT/$1.md" 2> /dev/null
   { echo "## $2"; echo; cat "$OUT/$1.md"; echo; } >> "$SUMMARY"
 }
-stage update "$UPDATE" "$PY" "$REPO/benchmarks/update.py" --device "$DEVICE" --encoders manip \
+stage update "$UPDATE" "$PY" "$REPO/benchmarks/update.py" --device "$DEVICE" \
   --variants $VARIANTS "${UPDATE_ARGS[@]}"
 table update "SAC updates per second (update.py)"
 stage fps "$FPS" "$PY" "$REPO/benchmarks/fps.py" --device "$DEVICE" --n-envs "$N_ENVS" \
@@ -153,7 +152,7 @@ table fps "End to end (fps.py)"
 
 # ---------------------------------------------------------------- learning
 # train.py's defaults (pixel FetchPush with the puck only in the image, the state estimator,
-# benchmarks/learning.md) with as many env workers as the cores allow, and as many SAC and
+# results/notebook.md) with as many env workers as the cores allow, and as many SAC and
 # estimator steps per env step as the defaults take with their 4 envs.
 RUNS=$(mktemp -d)
 PUSH_CAP=$(( START + SETUP + FACTS + UPDATE + FPS + PUSH - $(date +%s) ))  # what is left

@@ -1,45 +1,40 @@
-"""Offline localization: how fast and how precisely an image encoder and its state head learn
-the achieved goal from stored frames, trained by the auxiliary loss alone (no RL).
+"""Offline localization: how fast and how precisely a fresh state estimator learns the
+achieved goal from a run's stored frames, by its own loss (no RL).
 
-    python benchmarks/localize.py RUN/checkpoints/step_N --keypoint-trunk running \
-        --temperature 0.1 --steps 2000
+    python -m pixelrl.analysis.localize RUN/checkpoints/step_N --steps 2000 --batch-size 32
 
-With `--state-estimate only` (pixelrl's default) the encoder learns from the auxiliary loss
-alone, so this is what it does inside a run, on a fixed set of frames: a cheap way to compare
-encoder choices without running RL. The checkpoint's replay (only a run's newest checkpoint
-keeps one) is loaded as the run built it and its frame stacks gathered as training gathers
-them; its episodes are split in order (the first 80% train, the rest is held out). Every 250
-steps it prints (step, training loss, held-out median error in cm, the keypoints' std across
-the held-out batch, temperature).
+The state estimator learns from its loss alone inside a run too (pixelrl/agents/estimator.py),
+so this is what it does there, on a fixed set of frames: a cheap way to try its batch or
+learning rate without running RL. The checkpoint's replay (only a run's newest checkpoint keeps
+one) is loaded as the run built it and its frame stacks gathered as training gathers them; its
+episodes are split in order (the first 80% train, the rest is held out). Every 250 steps it
+prints (step, training loss, held-out median error in cm, the keypoints' std across the
+held-out batch, temperature).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import torch
-import torch.nn.functional as F
 
+from pixelrl.agents.estimator import StateEstimator
 from pixelrl.buffers.replay import EpisodeReplay
 from pixelrl.build import load_saved_replay
-from pixelrl.config import NetworkConfig
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
-from pixelrl.nets.encoders import STATE_HEAD_HIDDEN, ImageEncoder
-from pixelrl.nets.heads import mlp
 
 
 def draw(
     replay: EpisodeReplay, first: int, last: int, n: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """n (frame stack, achieved goal at its last frame) pairs from the stored episodes
-    first..last-1: uint8 (n, 3k, H, W) and (n, 3)."""
+    first..last-1, each episode's steps uniform: uint8 (n, 3k, H, W) and (n, 3)."""
     episode = torch.randint(first, last, (n,), generator=generator)
-    t = torch.randint(0, replay.spec.max_episode_steps, (n,), generator=generator)
-    t %= torch.from_numpy(replay.host_lengths)[episode]  # within a shorter episode too
-    return replay.gather_frames(episode, t)[0], replay.storage[ACHIEVED_GOAL][episode, t]
+    lengths = torch.from_numpy(replay.host_lengths)[episode]
+    t = (torch.rand(n, generator=generator) * lengths).long()  # within a shorter episode too
+    return replay.frames_at(episode, t), replay.storage[ACHIEVED_GOAL][episode, t]
 
 
 def main(argv: list[str] | None = None) -> list[tuple]:
@@ -47,11 +42,9 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     parser.add_argument("checkpoint", help="a checkpoint directory that kept its replay")
     parser.add_argument("--episodes", type=int, default=None,
                         help="use the first N stored episodes (default: all)")  # fmt: skip
-    parser.add_argument("--keypoint-trunk", default="running")
-    parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     a = parser.parse_args(argv)
     torch.manual_seed(a.seed)
@@ -65,26 +58,17 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     mean, std = train_goals.mean(0), train_goals.std(0).clamp(min=1e-3)
     generator = torch.Generator().manual_seed(a.seed)
     k, side = replay.spec.frame_stack, replay.spec.obs_shapes[PIXELS][-1]
-
-    cfg = NetworkConfig(keypoint_trunk=a.keypoint_trunk, spatial_softmax_temperature=a.temperature)
-    encoder = ImageEncoder(cfg, 3 * k, side)
-    features = encoder(torch.zeros(1, 3 * k, side, side, dtype=torch.uint8)).shape[-1]
-    head = mlp(features, STATE_HEAD_HIDDEN, 3)
-    optimizer = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=a.lr)
+    estimator = StateEstimator((3 * k, side, side), 3, learning_rate=a.lr)
     test_x, test_y = draw(replay, split, episodes, 512, generator)
     curve, start = [], time.monotonic()
     for step in range(1, a.steps + 1):
         x, y = draw(replay, 0, split, a.batch_size, generator)
-        loss = F.mse_loss(head(encoder(x, update_stats=True)), (y - mean) / std)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loss = estimator.update(x, (y - mean) / std)["aux_loss"]
         if step % 250 == 0:
             with torch.no_grad():
-                error = (head(encoder(test_x)) * std + mean - test_y).norm(dim=-1) * 100
-                spread = encoder.pre_trunk(test_x).std(0).max().item()
-            ss = encoder.spatial_softmax
-            temperature = ss.temperature.item() if ss is not None else math.nan
+                error = (estimator(test_x) * std + mean - test_y).norm(dim=-1) * 100
+                spread = estimator.image.keypoints(test_x).std(0).max().item()
+            temperature = estimator.image.spatial_softmax.temperature.item()
             curve.append(
                 (step, round(loss.item(), 4), round(error.median().item(), 2), round(spread, 4),
                  round(temperature, 3))

@@ -1,7 +1,7 @@
 """Did the policy go for the puck? What a run's stored training episodes say, oldest first.
 
-    python benchmarks/contact.py RUN/checkpoints/step_N                  # its newest checkpoint
-    python benchmarks/contact.py RUN/checkpoints/step_N --policies OTHER/checkpoints/step_M ...
+    python -m pixelrl.analysis.contact RUN/checkpoints/step_N           # its newest checkpoint
+    python -m pixelrl.analysis.contact RUN/checkpoints/step_N --policies OTHER/checkpoints/step_M
 
 Push is learned in order: the gripper reaches the puck, touches it, and only then pushes it to
 the goal. Success stays flat through the first two, so a flat success curve does not say which
@@ -19,7 +19,7 @@ episodes the replay still holds (read memory-mapped, frames never loaded):
 states (the achieved goal above `--min-height`, more than 5 cm from the gripper in x-y) and
 prints the mean cosine, in the table's plane, between the action and the direction from the
 gripper to the achieved goal, beside the same against another state's direction: the score of
-a policy that ignores where the puck is, and, for a policy that reads the state head's
+a policy that ignores where the puck is, and, for a policy that reads the state estimator's
 estimate of the puck, its heading when it reads the true position instead: whether the
 estimate's error is what holds it back. Any checkpoint whose networks read these observations
 works (a no-pixels control ignores the frames, a policy that stacks fewer frames reads the
@@ -29,6 +29,7 @@ newest), so runs compare on one set of states.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,6 @@ import torch
 
 from pixelrl.agents.estimator import EstimatorAgent
 from pixelrl.agents.sac import SAC
-from pixelrl.buffers.replay import read_saved_episodes
 from pixelrl.build import load_saved_replay
 from pixelrl.envs import (
     ACHIEVED_GOAL,
@@ -63,7 +63,8 @@ def episodes_oldest_first(checkpoint: str | Path) -> dict[str, np.ndarray]:
         raise SystemExit(f"{checkpoint} kept no replay: only a run's newest checkpoint has one")
     if (directory / f"storage.{PROPRIOCEPTION}.npy").is_file():
         keys.append(PROPRIOCEPTION)
-    meta, stored = read_saved_episodes(directory, keys)
+    meta = json.loads((directory / "meta.json").read_text())
+    stored = {key: np.load(directory / f"storage.{key}.npy", mmap_mode="r") for key in keys}
     if "transitions_committed" not in meta:
         raise SystemExit(f"{checkpoint}: its replay predates the committed-transition count")
     n, capacity = meta["num_episodes"], meta["capacity"]
@@ -112,16 +113,11 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
 
 
 def actions_with_the_true_goal(agent, obs: dict[str, torch.Tensor]) -> torch.Tensor | None:
-    """The deterministic actions (B, A) when the actor reads the normalized achieved goal where
-    it reads the state head's estimate of it; None for an agent that reads no estimate."""
-    if isinstance(agent, EstimatorAgent):  # SAC on vectors: the truth in the estimate's slot
-        return agent.sac.act({**obs, STATE_ESTIMATE: obs[ACHIEVED_GOAL]}, deterministic=True)
-    normalized = agent.normalizer(obs)
-    parts = agent.actor_encoder.parts(normalized)
-    if STATE_ESTIMATE not in parts:
+    """The deterministic actions (B, A) when the actor reads the true achieved goal where it
+    reads the state estimator's estimate of it; None for an agent that reads no estimate."""
+    if not isinstance(agent, EstimatorAgent):
         return None
-    parts[STATE_ESTIMATE] = normalized[ACHIEVED_GOAL]
-    return agent.actor.deterministic(agent.actor_encoder.join(parts))
+    return agent.sac.act({**obs, STATE_ESTIMATE: obs[ACHIEVED_GOAL]}, deterministic=True)
 
 
 def newest_frames(obs: dict[str, torch.Tensor], frame_stack: int) -> dict[str, torch.Tensor]:

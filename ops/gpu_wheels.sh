@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# Prepares, on a machine with a network, what the GPU machine (no network; Python 3.12, x86-64,
-# torch 2.11 + CUDA, numpy, tensorboard, pillow, matplotlib in its image) needs for
-# benchmarks/gpu_run.sh: the wheels its image lacks in .whl/, the EGL loader packages in
-# .gl/ (both ignored by git), then checks that the tree and both folders fit the 64 MiB a
-# device call carries. gpu_run.sh installs them there itself.
+# Prepares, on a machine with a network, what a GPU machine without one (Python 3.12, x86-64,
+# torch + CUDA, numpy, tensorboard, pillow, matplotlib in its image) needs for ops/gpu_run.sh:
+# the wheels its image lacks in .whl/, the EGL loader packages in .gl/ (both ignored by git),
+# then checks that the tree and both folders stay under 64 MiB, to copy them over as one.
+# gpu_run.sh installs them there itself.
 #
-#   benchmarks/gpu_wheels.sh            # then: run(command="bash benchmarks/gpu_run.sh",
-#                                       #          carry=[".whl", ".gl"], timeout_s=600)
+#   bash ops/gpu_wheels.sh              # then, on the GPU machine: bash ops/gpu_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVER=3.12
@@ -39,4 +38,4 @@ tree_bytes=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du 
 carry_bytes=$(du -cb .whl .gl | tail -n 1 | cut -f1)
 total_mib=$(( (tree_bytes + carry_bytes) / 1048576 ))
 echo "wheels: $(ls .whl | wc -l) files; tree $(( tree_bytes / 1024 )) KiB + .whl/.gl $(( carry_bytes / 1024 )) KiB = ${total_mib} MiB of ${LIMIT_MIB}"
-[ "$total_mib" -lt "$LIMIT_MIB" ] || { echo "over the ${LIMIT_MIB} MiB a device call carries" >&2; exit 1; }
+[ "$total_mib" -lt "$LIMIT_MIB" ] || { echo "over ${LIMIT_MIB} MiB" >&2; exit 1; }

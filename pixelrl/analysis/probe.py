@@ -1,10 +1,10 @@
 """The encoder diagnostics of one checkpoint, on all stored observations and on those whose
 achieved goal is at least `--min-height` high (in Push: the puck still on the table).
 
-    python benchmarks/probe.py RUN/checkpoints/step_N --min-height 0.4 --repeats 4
+    python -m pixelrl.analysis.probe RUN/checkpoints/step_N --min-height 0.4 --repeats 4
 
 Each repeat draws 512 stored observations, as a run's logging does, and prints the probe of
-the image features (R^2 / median error) and the state head's estimate (R^2 / median error),
+the image features (R^2 / median error) and the state estimator's estimate (R^2 / median error),
 first over all of them, then over those above the height. R^2 pools squared errors, so a few
 pucks pushed off the table (tens of centimetres below it) can decide it while the median
 error does not move; this separates the two. Then the state head's estimate by the gripper's
@@ -20,10 +20,10 @@ import math
 
 import torch
 
-from pixelrl.build import build_agent, describe_env, load_config, load_saved_replay
-from pixelrl.checkpoint import load_checkpoint
-from pixelrl.envs import ACHIEVED_GOAL, PROPRIO_GRIP_POS, PROPRIOCEPTION
-from pixelrl.trainer import DIAGNOSTIC_SAMPLES
+from pixelrl.build import load_saved_replay
+from pixelrl.diagnostics import DIAGNOSTIC_SAMPLES, encoder_report
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, PROPRIO_GRIP_POS, PROPRIOCEPTION
+from pixelrl.policy import load_policy
 
 DISTANCE_BINS_CM = (0, 5, 10, 20, math.inf)
 
@@ -35,11 +35,9 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict], dict | 
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--seed", type=int, default=123)
     a = parser.parse_args(argv)
-    state, meta = load_checkpoint(a.checkpoint)
-    cfg = load_config(meta)
-    spec, obs_space, action_space = describe_env(cfg.env)
-    agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
-    agent.load_state(state["agent"])
+    _, policy = load_policy(a.checkpoint, device="cpu")
+    agent = policy.agent
+    estimating = hasattr(agent, "estimator")  # the estimate of the achieved goal, to probe
     replay = load_saved_replay(a.checkpoint)
     generator = torch.Generator().manual_seed(a.seed)
     print("| repeat | samples | probe R^2 / median error | estimate R^2 / median error |")
@@ -48,14 +46,14 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict], dict | 
     for repeat in range(a.repeats):
         obs = replay.sample_observations(DIAGNOSTIC_SAMPLES, generator)
         above = obs[ACHIEVED_GOAL][:, 2] >= a.min_height
-        if agent.has_state_estimate and PROPRIOCEPTION in obs:
+        if estimating and PROPRIOCEPTION in obs:
             goal = obs[ACHIEVED_GOAL][above]
-            estimate = agent.estimate_achieved_goal({k: v[above] for k, v in obs.items()})
+            estimate = agent.estimate(obs[PIXELS][above])
             errors.append((estimate - goal).norm(dim=-1) * 100)
             gripper = obs[PROPRIOCEPTION][above][:, PROPRIO_GRIP_POS]
             distances.append((gripper - goal).norm(dim=-1) * 100)
         for name, rows_of in (("all", slice(None)), (f">= {a.min_height} m", above)):
-            d = agent.encoder_diagnostics({k: v[rows_of] for k, v in obs.items()})
+            d = encoder_report(agent, {k: v[rows_of] for k, v in obs.items()})
             row = {k: float(v) for k, v in d.items() if k.startswith("probe/")}
             row["samples"] = int(obs[ACHIEVED_GOAL][rows_of].shape[0])
             rows.append(row)
@@ -68,7 +66,7 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict], dict | 
             )
     bins = error_by_distance(errors, distances, a.min_height)
     moving = None
-    if agent.has_state_estimate:
+    if estimating:
         moving = error_while_moving(agent, replay, generator)
     return rows, bins, moving
 
@@ -88,7 +86,7 @@ def error_while_moving(agent, replay, generator, samples=4096, moved_cm=0.5) -> 
     moved = (now - before).norm(dim=-1) * 100 > moved_cm
     if not moved.any():
         return None
-    estimate = agent.estimate_achieved_goal(replay.observations_at(episode, t))
+    estimate = agent.estimate(replay.frames_at(episode, t))
     out = {
         "moved_samples": int(moved.sum()),
         "samples": len(t),

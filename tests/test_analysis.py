@@ -1,0 +1,202 @@
+"""pixelrl.analysis: localize reads a saved replay as training does, probe splits its samples
+by height and tells a lagging estimate, contact reads stored episodes oldest first and scores
+headings; replay_check is tested beside the replay (tests/test_replay.py)."""
+
+import math
+
+import pytest
+import torch
+
+from pixelrl.analysis import contact, localize, probe
+from pixelrl.build import build_agent, build_replay, describe_env, load_saved_replay
+from pixelrl.checkpoint import save_checkpoint
+from pixelrl.config import ConfigError, EnvConfig, ReplayConfig, TrainConfig, to_dict
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, PROPRIOCEPTION
+from pixelrl.policy import load_policy
+
+
+def numbered_replay(cfg: TrainConfig, lengths: list[int]):
+    """A replay of len(lengths) episodes whose every entry says which (episode, step) it is:
+    frames (episode, step) in channels 0 and 1, achieved goal (episode, step, step / T);
+    proprioception zeros (the gripper at the origin). An episode shorter than T terminates."""
+    spec, obs_space, action_space = describe_env(cfg.env)
+    replay = build_replay(cfg, spec, "cpu")
+    T = spec.max_episode_steps
+
+    def obs(episode, step):
+        out = {k: torch.zeros((1, *shape)) for k, shape in spec.obs_shapes.items()}
+        out[PIXELS] = torch.zeros((1, *spec.obs_shapes[PIXELS]), dtype=torch.uint8)
+        out[PIXELS][0, 0], out[PIXELS][0, 1] = episode, step
+        out[ACHIEVED_GOAL][0] = torch.tensor([episode, step, step / T])
+        return out
+
+    replay.start_episodes(obs(0, 0))
+    for episode, length in enumerate(lengths):
+        for t in range(length):
+            last = t == length - 1
+            replay.add(
+                torch.zeros((1, spec.action_dim)),
+                obs(episode, t + 1),
+                terminated=[last and length < T],
+                truncated=[last and length == T],
+                to_act_on=obs(episode + 1, 0) if last else None,
+            )
+    return replay, spec, obs_space, action_space
+
+
+def tiny_reach(buffer_size: int) -> TrainConfig:
+    return TrainConfig(
+        env=EnvConfig(env_id="FetchReach-v4", n_envs=1, image_size=48),
+        replay=ReplayConfig(buffer_size=buffer_size),
+    )
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A checkpoint with an untrained agent and the `numbered_replay` of 10 whole episodes."""
+    cfg = tiny_reach(1000)
+    replay, spec, obs_space, action_space = numbered_replay(cfg, [50] * 10)
+    agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
+    meta = {"config": to_dict(cfg)}
+    return cfg, save_checkpoint(tmp_path, 500, {"agent": agent.state()}, meta, replay=replay)
+
+
+def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(saved_run, tmp_path):
+    """pixelrl.analysis.localize: each frame stack comes with the achieved goal of its last frame,
+    and the held-out episodes never reach the training batches."""
+    cfg, checkpoint = saved_run
+    loaded = load_saved_replay(checkpoint)
+    generator = torch.Generator().manual_seed(0)
+    for first, last in ((0, 8), (8, 10)):
+        frames, goals = localize.draw(loaded, first, last, 256, generator)
+        assert frames.shape == (256, 3 * cfg.env.frame_stack, 48, 48)
+        newest = frames[:, -3:, 0, 0].float()  # the stack's last frame, channels 0 and 1
+        assert torch.equal(newest[:, :2], goals[:, :2])
+        assert set(goals[:, 0].long().tolist()) == set(range(first, last))
+
+    curve = localize.main([str(checkpoint), "--steps", "250", "--batch-size", "4"])
+    assert len(curve) == 1 and math.isfinite(curve[0][2])
+    with pytest.raises(SystemExit, match="--episodes"):
+        localize.main([str(checkpoint), "--episodes", "1", "--steps", "0"])
+    with pytest.raises(ConfigError, match="kept no replay"):
+        load_saved_replay(save_checkpoint(tmp_path, 600, {}, {"config": to_dict(cfg)}))
+
+
+def test_probe_splits_the_samples_by_height(saved_run):
+    """pixelrl.analysis.probe: the second row of each repeat holds exactly the samples whose
+    achieved goal is at least --min-height high, the first row all of them."""
+    _, checkpoint = saved_run
+    rows, bins, _ = probe.main([str(checkpoint), "--min-height", "0.5", "--repeats", "2"])
+    assert len(rows) == 4 and all(row["samples"] == 512 for row in rows[::2])
+    # Heights are step / 50 for steps 0..49 drawn uniformly: about half are >= 0.5.
+    assert all(200 < row["samples"] < 312 for row in rows[1::2])
+    assert all("probe/state_estimate_r2" in row for row in rows)
+    # The gripper (proprioception: zeros) is |(episode, step, step / 50)| m away: far.
+    assert [b["near_cm"] for b in bins] == [20]
+    assert bins[0]["samples"] == rows[1]["samples"] + rows[3]["samples"]
+
+
+def test_contact_reads_the_episodes_oldest_first_by_the_steps_at_which_they_ended(saved_run):
+    """pixelrl.analysis.contact: per window, the episodes that ended in it. The gripper sits at
+    the origin and episode e's achieved goal starts at (e, 0, 0), so its closest approach is
+    e metres: each window's median names its episodes."""
+    _, checkpoint = saved_run
+    rows, headings = contact.main([str(checkpoint), "--window", "100"])
+    assert [(r["from"], r["to"], r["episodes"]) for r in rows] == [
+        (start, start + 100, 2) for start in range(0, 500, 100)
+    ]
+    assert [r["closest_median"] for r in rows] == pytest.approx([0.5, 2.5, 4.5, 6.5, 8.5])
+    # Every achieved goal moved (from (e, 0, 0) to (e, 50, 1)) and none is near the zero goal.
+    assert all(r["moved"] == 1.0 and r["success"] == 0.0 for r in rows)
+    assert headings == []
+
+
+def test_contact_starts_a_full_ring_at_its_oldest_episode_and_stops_each_at_its_end(tmp_path):
+    """Room for 4 episodes, 6 written: episodes 2..5 remain, the oldest in the ring's second
+    slot. Episode 3 terminates after 30 steps; what its slot holds past that is not its own."""
+    cfg = tiny_reach(200)
+    replay, *_ = numbered_replay(cfg, [50, 50, 50, 30, 50, 50])
+    assert replay.next_slot == 2 and replay.host_lengths[3] == 30
+    replay.storage[ACHIEVED_GOAL][3, 31:] = 0.0  # on the gripper: read, it would be closest
+    checkpoint = save_checkpoint(tmp_path, 280, {}, {"config": to_dict(cfg)}, replay=replay)
+    episodes = contact.episodes_oldest_first(checkpoint)
+    assert episodes["ended"].tolist() == [150, 180, 230, 280]
+    assert episodes["closest"] == pytest.approx([2, 3, 4, 5])
+    final = [(2, 50, 1), (3, 30, 0.6), (4, 50, 1), (5, 50, 1)]  # the desired goal: zeros
+    assert episodes["final_distance"] == pytest.approx([math.dist(f, (0, 0, 0)) for f in final])
+    moved = [math.dist(f, (f[0], 0, 0)) for f in final]
+    assert episodes["achieved_goal_moved"] == pytest.approx(moved)
+
+
+def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
+    gripper_to_goal = torch.tensor([[0.0, 2.0, -1.0], [3.0, 0.0, -1.0]])
+    obs = {ACHIEVED_GOAL: gripper_to_goal, PROPRIOCEPTION: torch.zeros(2, 10)}
+
+    class Heading:
+        def __init__(self, sign):
+            self.sign = sign
+
+        def act(self, obs, deterministic):
+            gripper_action = torch.ones(2, 1)  # the 4th action dimension: not a direction
+            return torch.cat([self.sign * obs[ACHIEVED_GOAL], gripper_action], dim=-1)
+
+    # Against another state's direction the two are at right angles: 0.
+    expected = {"cos": 1.0, "cos_shuffled": 0.0}
+    with pytest.MonkeyPatch.context() as patch:  # an agent that reads no state estimate
+        patch.setattr(contact, "actions_with_the_true_goal", lambda agent, obs: None)
+        assert contact.heading_to_goal(Heading(+1), obs) == pytest.approx(expected)
+        expected = {"cos": -1.0, "cos_shuffled": 0.0}
+        assert contact.heading_to_goal(Heading(-1), obs) == pytest.approx(expected)
+    # Through the script: an untrained agent on the stored states above 0.5 m, which are
+    # those of steps 25..49 of each episode: half of the 2,048 drawn, give or take.
+    _, checkpoint = saved_run
+    argv = [str(checkpoint), "--policies", str(checkpoint), "--min-height", "0.5"]
+    _, headings = contact.main(argv)
+    assert len(headings) == 1 and 900 < headings[0]["states"] < 1150
+    assert -1.0 <= headings[0]["cos"] <= 1.0
+    # The default agent reads the state estimate; given the true achieved goal there, its
+    # action differs (an untrained estimator's estimate is not the goal).
+    assert "cos_true_goal" in headings[0] and headings[0]["cos_true_goal"] != headings[0]["cos"]
+
+
+def test_contact_gives_the_actor_the_true_goal_where_it_reads_the_estimate(saved_run):
+    """With an estimator that returns the achieved goal exactly, the actions with the true goal
+    are the agent's own actions; with one that does not, they differ."""
+    _, checkpoint = saved_run
+    _, policy = load_policy(checkpoint, "cpu")
+    agent = policy.agent
+    obs = load_saved_replay(checkpoint).sample_observations(64, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        with_true_goal = contact.actions_with_the_true_goal(agent, obs)
+        agent.estimate = lambda pixels: obs[ACHIEVED_GOAL]  # an exact estimator
+        assert torch.allclose(agent.act(obs, deterministic=True), with_true_goal)
+        agent.estimate = lambda pixels: obs[ACHIEVED_GOAL] + 0.1  # one that is off by 17 cm
+        assert not torch.allclose(agent.act(obs, deterministic=True), with_true_goal)
+
+
+def test_probe_tells_an_estimate_that_lags_one_step(saved_run):
+    """An estimate that returns the achieved goal of the step before: 0 cm from where it was,
+    and |(0, 1, 1/50)| m from where it is (the numbered replay moves it every step)."""
+    _, checkpoint = saved_run
+    replay = load_saved_replay(checkpoint)
+    _, policy = load_policy(checkpoint, "cpu")
+
+    def lagging_estimate(pixels):
+        episode, step = pixels[:, -3, 0, 0].long(), pixels[:, -2, 0, 0].long()
+        return replay.storage[ACHIEVED_GOAL][episode % replay.capacity, step - 1]
+
+    policy.agent.estimate = lagging_estimate
+    out = probe.error_while_moving(policy.agent, replay, torch.Generator().manual_seed(0))
+    assert out["moved_samples"] == out["samples"] > 3800  # every step moves; step 0 is skipped
+    assert out["moved_error_before_cm"] == 0.0
+    assert out["moved_error_now_cm"] == pytest.approx(100 * math.hypot(1, 1 / 50))
+
+
+def test_contact_hands_a_policy_that_stacks_fewer_frames_the_newest():
+    frames = torch.arange(4).repeat_interleave(3).view(1, 12, 1, 1).expand(2, 12, 2, 2)
+    obs = {PIXELS: frames, ACHIEVED_GOAL: torch.zeros(2, 3)}
+    newest = contact.newest_frames(obs, 1)[PIXELS]
+    assert newest.shape == (2, 3, 2, 2) and bool((newest == 3).all())
+    assert torch.equal(contact.newest_frames(obs, 4)[PIXELS], frames)
+    with pytest.raises(SystemExit, match="stacks 5 frames"):
+        contact.newest_frames(obs, 5)
