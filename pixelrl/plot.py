@@ -141,9 +141,11 @@ def plot(
             f"{', '.join(map(str, paths))}: the event files hold none of "
             f"{', '.join(tag for tag, _ in panels)} (a run shorter than --log-interval?)"
         )
-    for ax, (_, name) in zip(axes, panels, strict=True):
+    for ax, (tag, name) in zip(axes, panels, strict=True):
         ax.set_ylabel(name)
         ax.grid(alpha=0.3)
+        if tag.endswith("_cm"):  # errors fall from metres to centimetres: a log axis shows both
+            ax.set_yscale("log")
     axes[0].set_ylim(-0.02, 1.02)
     axes[0].legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel("env steps")
