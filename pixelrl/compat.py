@@ -287,8 +287,7 @@ def _today_choices(data: dict) -> dict:
     """`data` with choices pixelrl no longer has replaced by today's (the difference is what
     `_differences` reports), so that today's config classes can hold it."""
     data = {section: dict(values) for section, values in data.items()}
-    if data["network"].get("encoder") != "manip":
-        data["network"]["encoder"] = "manip"
+    data["network"]["encoder"] = "manip"
     if data["sac"].get("encoder_grad") not in ("estimator", "critic", None):
         data["sac"]["encoder_grad"] = "critic"
     data.setdefault("replay", {})["drq"] = False
@@ -355,9 +354,10 @@ def config_to_resume(data: dict) -> TrainConfig:
 
 def config_to_evaluate(data: dict) -> tuple[TrainConfig, str]:
     """(the config today's code acts with, the agent layout the saved weights are in) for a
-    saved run: `estimator` (a state estimator and SAC on vectors, today's or a coupled run
-    whose heads read the estimate), `end_to_end` (the encoder's features read by the heads,
-    saved in the coupled layout), or `sac` (today's layout, also without pixels).
+    saved run: `estimator_today` (a state estimator and SAC on vectors, saved as today's code
+    saves them), `estimator` (the same from a coupled run whose heads read the estimate),
+    `end_to_end` (the encoder's features read by the heads, saved in the coupled layout), or
+    `sac` (SAC alone: without pixels, or end to end as today's code saves it).
     ConfigError naming the commit where the acting networks are not one today's code builds.
     """
     data = _spelled_as_today(data)
@@ -365,13 +365,13 @@ def config_to_evaluate(data: dict) -> tuple[TrainConfig, str]:
     estimate = data["network"].get("state_estimate", "only")
     pixels = not (data["env"].get("full_state") or data["env"].get("no_pixels"))
     layout = "sac"
-    if pixels and routing != "estimator":  # the coupled layout: the encoder inside SAC
+    if pixels and routing == "estimator":
+        layout = "estimator_today"
+    elif pixels and "state_estimate" in data["network"]:  # saved with the encoder inside SAC
         if estimate == "only":  # the heads read the state head's estimate: the estimator's
             data["sac"]["encoder_grad"], layout = "estimator", "estimator"
         elif estimate == "off":
             data["sac"]["encoder_grad"], layout = "critic", "end_to_end"
-    elif pixels:
-        layout = "estimator_today"
     cfg = _build(_today_choices(data))
     retired = _differences(data, cfg, ignore=TRAINING_ONLY)
     if retired:

@@ -95,9 +95,9 @@ def load_policy(path: str | os.PathLike, device: str = "auto") -> tuple[TrainCon
     device = resolve_device(device)
     spec, obs_space, action_space = describe_env(cfg.env)
     agent = build_agent(cfg, spec, obs_space, action_space, device)
-    agent.load_weights(agent_weights(layout, meta["config"], state["agent"]))
+    agent.load_weights(agent_weights(layout, saved_config, state["agent"]))
     policy = Policy(agent, cfg.env.frame_stack, device)
     policy.checkpoint, policy.checkpoint_step = checkpoint, int(meta["step"])
     policy.run_commit = meta.get("git_commit", "unknown")
-    policy.saved_config = meta["config"]
+    policy.saved_config = saved_config
     return cfg, policy

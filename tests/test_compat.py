@@ -93,3 +93,30 @@ def test_the_commit_named_for_retired_flags_is_in_this_repository():
         ["git", "cat-file", "-e", f"{RETIRED_AT}^{{commit}}"], cwd=ROOT, capture_output=True
     )
     assert found.returncode == 0, f"{RETIRED_AT} is not a commit of this repository"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{}, {"encoder_grad": "critic"}],
+    ids=["estimator", "end_to_end"],
+)
+def test_todays_runs_are_read_back_as_they_ran_with_their_weights_unchanged(change):
+    """A config and agent state saved by today's code evaluate as themselves: the same path,
+    every weight loaded where it was saved (an end-to-end run is not a coupled one)."""
+    from test_estimator import agent_for, recipe
+
+    from pixelrl.compat import agent_weights
+    from pixelrl.config import to_dict
+
+    cfg = recipe(**change)
+    saved_config, saved_state = to_dict(cfg), agent_for(cfg, seed=1).state()
+    read, layout = config_to_evaluate(saved_config)
+    assert read == cfg
+    fresh = agent_for(read, seed=2)
+    fresh.load_weights(agent_weights(layout, saved_config, saved_state))
+    for name, tensor in fresh.state_dict().items():
+        if "estimator" in saved_state and name.startswith("estimator."):
+            saved = saved_state["estimator"][name[len("estimator.") :]]
+        else:
+            saved = saved_state["networks"][name.removeprefix("sac.")]
+        torch.testing.assert_close(tensor, saved, rtol=0, atol=0)
