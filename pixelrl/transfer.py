@@ -25,9 +25,9 @@ def to_device(array, device: torch.device, dtype: torch.dtype | None = None) -> 
     )
     if dtype is not None and tensor.dtype != dtype:
         tensor = tensor.to(dtype)
-    if tensor.device == device:
-        return tensor
-    if device.type == "cuda":
+    # Only a host tensor is staged in pinned memory; one already on a device moves (or stays:
+    # a tensor on cuda:0 is already on "cuda", though the two devices do not compare equal).
+    if tensor.device.type == "cpu" and device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
 

@@ -24,6 +24,36 @@ def test_to_device_on_the_cpu_shares_memory_and_casts_when_asked():
     assert flags.dtype == torch.bool
 
 
+class _TensorOnCuda0:
+    """Stands in for a tensor already on cuda:0, on a machine without a GPU: pinning it fails
+    as torch's does ("only dense CPU tensors can be pinned"); moving it records the target."""
+
+    device = torch.device("cuda", 0)
+    moved_to = None
+
+    def pin_memory(self):
+        raise RuntimeError("cannot pin 'torch.cuda.ByteTensor': only dense CPU tensors")
+
+    def to(self, device, non_blocking=False):
+        self.moved_to = device
+        return self
+
+
+def test_to_device_leaves_a_tensor_already_on_the_gpu_unpinned():
+    # The replay hands back tensors it already moved; "cuda" and cuda:0 do not compare equal,
+    # and pinning a device tensor is an error (a GPU run's first step failed on it).
+    on_gpu = _TensorOnCuda0()
+    assert to_device(on_gpu, torch.device("cuda")) is on_gpu
+    assert on_gpu.moved_to == torch.device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_to_device_on_cuda_accepts_host_and_device_tensors():
+    on_gpu = to_device(np.arange(4, dtype=np.uint8), torch.device("cuda"))
+    assert on_gpu.is_cuda and on_gpu.tolist() == [0, 1, 2, 3]
+    assert to_device(on_gpu, torch.device("cuda")).data_ptr() == on_gpu.data_ptr()
+
+
 def test_upload_step_copies_obs_once_and_puts_final_observations_in():
     obs = {"pixels": np.arange(3 * 4, dtype=np.uint8).reshape(3, 4), "goal": np.zeros((3, 2))}
     final = {"pixels": obs["pixels"] + 100, "goal": np.ones((3, 2))}
