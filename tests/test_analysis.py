@@ -200,3 +200,62 @@ def test_contact_hands_a_policy_that_stacks_fewer_frames_the_newest():
     assert torch.equal(contact.newest_frames(obs, 4)[PIXELS], frames)
     with pytest.raises(SystemExit, match="stacks 5 frames"):
         contact.newest_frames(obs, 5)
+
+
+def test_heights_scripted_controller_lifts_the_object_to_goals_in_the_air():
+    # The frames of a lifted object come from this controller: it must grasp and carry, as
+    # the env's own success test says, and reach goals in the air.
+    from dataclasses import replace
+
+    from pixelrl.analysis.heights import scripted_action
+    from pixelrl.envs import DESIRED_GOAL, make_fetch_env
+
+    env = make_fetch_env(replace(EnvConfig(), env_id="FetchPickAndPlace-v4", no_pixels=True))
+    successes, lifts = [], []
+    try:
+        for seed in range(6):
+            obs, _ = env.reset(seed=seed)
+            table_z, lift, done = obs[ACHIEVED_GOAL][2], 0.0, False
+            phase = {"name": "above", "closed_for": 0}
+            while not done:
+                action = scripted_action(
+                    phase, obs[PROPRIOCEPTION][:3], obs[ACHIEVED_GOAL], obs[DESIRED_GOAL]
+                )
+                obs, _, terminated, truncated, info = env.step(action)
+                done = terminated or truncated
+                lift = max(lift, obs[ACHIEVED_GOAL][2] - table_z)
+            successes.append(info["is_success"])
+            lifts.append(lift)
+    finally:
+        env.close()
+    assert all(successes)
+    assert max(lifts) > 0.10  # seeds 1-5 include goals 12-37 cm up
+
+
+def test_heights_error_by_height_bands_the_held_out_frames():
+    import numpy as np
+
+    from pixelrl.analysis.heights import error_by_height
+
+    heights = np.array([0.0, 0.01, 0.05, 0.15, 0.15, 0.45])
+    error = np.array([1.0, 3.0, 2.0, 4.0, 6.0, 9.0])
+    bands = error_by_height(error, heights)
+    assert [b["frames"] for b in bands] == [2, 1, 2, 0, 1]
+    assert [b["median_error_cm"] for b in bands] == [2.0, 2.0, 5.0, None, 9.0]
+
+
+def test_heights_writes_a_frame_grid_and_the_error_by_height(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from pixelrl.analysis import heights
+
+    out = tmp_path / "frames"
+    args = ["--episodes", "5", "--steps", "2", "--batch-size", "8", "--image-size", "40"]
+    result = heights.main([*args, "--grid-rows", "1", "--out", str(out)])
+    grid = Image.open(out / "grid.png")
+    assert grid.size == (40 * 3 * len(heights.GRID_HEIGHTS_M), 40 * 3 + 12)
+    saved = json.loads((out / "heights.json").read_text())
+    assert saved["by_height"] == result["by_height"]
+    assert sum(b["frames"] for b in saved["by_height"]) == 50  # the held-out episode's steps
