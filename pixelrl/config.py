@@ -147,7 +147,9 @@ class SACConfig:
     """--encoder-grad estimator: frames per gradient step of the state estimator."""
     estimator_gradient_steps: int = 1
     """--encoder-grad estimator: gradient steps of the state estimator per training round
-    (every --train-freq vector steps, beside SAC's --gradient-steps)."""
+    (every --train-freq vector steps, beside SAC's --gradient-steps). Pixels-only Reach,
+    where the estimate is the whole task, takes 2 (90% eval by 10K on 2 seeds, against 86%
+    at 15K on one with 1; results/README.md)."""
     estimate_refresh_episodes: int = 1
     """--encoder-grad estimator: stored episodes whose estimates are rewritten by the current
     estimator each training round, the stalest first (0: never), so that the estimates SAC
