@@ -259,3 +259,11 @@ def test_heights_writes_a_frame_grid_and_the_error_by_height(tmp_path):
     saved = json.loads((out / "heights.json").read_text())
     assert saved["by_height"] == result["by_height"]
     assert sum(b["frames"] for b in saved["by_height"]) == 50  # the held-out episode's steps
+
+
+def test_heights_refuses_episodes_it_cannot_split_before_rendering(tmp_path):
+    from pixelrl.analysis import heights
+
+    with pytest.raises(SystemExit, match="--episodes: 1 episodes"):
+        heights.main(["--episodes", "1", "--out", str(tmp_path / "frames")])
+    assert not (tmp_path / "frames").exists()  # nothing rendered, nothing written

@@ -40,6 +40,15 @@ GRID_HEIGHTS_M = (0.0, 0.05, 0.15, 0.25, 0.35)
 MOVE_GAIN = 10.0  # action per metre from the target (actions move the gripper <= 5 cm)
 ABOVE_M, AT_M = 0.01, 0.008  # how close counts as arrived above the object, and at it
 CLOSE_STEPS = 4
+TRAIN_SHARE = 0.8  # the first 80% of the episodes train the estimator, the rest are held out
+
+
+def held_out_start(episodes: int) -> int:
+    """The first held-out episode; an error naming --episodes where a side would be empty."""
+    split = int(episodes * TRAIN_SHARE)
+    if split < 1 or split == episodes:
+        raise SystemExit(f"--episodes: {episodes} episodes cannot be split 80/20")
+    return split
 
 
 def scripted_action(phase: dict, grip: np.ndarray, obj: np.ndarray, goal: np.ndarray):
@@ -129,17 +138,13 @@ def error_by_height(error_cm: np.ndarray, heights: np.ndarray) -> list[dict]:
     return bands
 
 
-def train_estimator(data: dict, steps: int, batch_size: int, lr: float, seed: int):
-    """A fresh state estimator trained on the first 80% of the episodes; returns (held-out
-    error in cm per frame, held-out heights above the table, curve of (step, loss, median
-    held-out error))."""
+def train_estimator(data: dict, split: int, steps: int, batch_size: int, lr: float, seed: int):
+    """A fresh state estimator trained on the episodes before `split`, scored on the rest;
+    returns (held-out error in cm per frame, held-out heights above the table, curve of
+    (step, loss, median held-out error))."""
     torch.manual_seed(seed)
     frames = torch.from_numpy(data[PIXELS])
     goals = torch.from_numpy(data[ACHIEVED_GOAL])
-    episodes, length = goals.shape[:2]
-    split = int(episodes * 0.8)
-    if split < 1 or split == episodes:
-        raise SystemExit(f"--episodes: {episodes} episodes cannot be split 80/20")
     train_x, train_y = frames[:split].flatten(0, 1), goals[:split].flatten(0, 1)
     test_x, test_y = frames[split:].flatten(0, 1), goals[split:].flatten(0, 1)
     mean, std = train_y.mean(0), train_y.std(0).clamp(min=1e-3)
@@ -185,19 +190,22 @@ def main(argv: list[str] | None = None) -> dict:
         camera_lookat=tuple(a.camera_lookat), camera_distance=a.camera_distance,
         camera_azimuth=a.camera_azimuth, camera_elevation=a.camera_elevation,
     )  # fmt: skip
+    split = held_out_start(a.episodes)  # before minutes of rendering
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     data = collect(env_cfg, a.episodes, a.seed)
     heights = data[ACHIEVED_GOAL][..., 2] - data["table_z"]
+    lifted_share = float((heights.max(1) >= 0.10).mean())
     print(f"{a.episodes} episodes rendered in {time.monotonic() - start:.0f}s; object lifted "
-          f">= 10 cm in {(heights.max(1) >= 0.10).mean():.0%} of them", flush=True)  # fmt: skip
-    split = int(a.episodes * 0.8)
+          f">= 10 cm in {lifted_share:.0%} of them", flush=True)  # fmt: skip
     frame_grid(data[PIXELS][split:], heights[split:], a.grid_rows).save(out / "grid.png")
-    error_cm, test_heights, curve = train_estimator(data, a.steps, a.batch_size, a.lr, a.seed)
+    error_cm, test_heights, curve = train_estimator(
+        data, split, a.steps, a.batch_size, a.lr, a.seed
+    )
     result = {
         "args": vars(a),
-        "lifted_10cm_share": round(float((heights.max(1) >= 0.10).mean()), 3),
+        "lifted_10cm_share": round(lifted_share, 3),
         "held_out_median_error_cm": round(float(np.median(error_cm)), 2),
         "by_height": error_by_height(error_cm, test_heights),
         "curve": curve,
