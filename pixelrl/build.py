@@ -63,6 +63,7 @@ _RESUMABLE_RUN_FIELDS = {
     "log_interval",
     "encoder_diagnostics",
     "device",
+    "runs_dir",  # a run directory moved to another disk or machine resumes from there
     "checkpoint_freq",
     "save_buffer",
     "overlap",

@@ -205,6 +205,46 @@ def test_save_load_round_trip_is_exact(tmp_path):
         replay_for(spec, buffer_size=50).load(tmp_path / "replay")
 
 
+def test_replay_saved_on_another_kind_of_device_loads_and_samples_deterministically(
+    tmp_path, capsys
+):
+    # A CUDA generator's state is 16 bytes and a CPU one's 5,056: a run checkpointed on a GPU
+    # and resumed on a CPU (or back) used to stop with "RNG state is wrong size".
+    spec = make_spec(T=10, n_envs=1)
+    replay = replay_for(spec, buffer_size=30)
+    fill(replay, [0, 1, 2], [10, 4, 10])
+    replay.save(tmp_path / "replay")
+    cuda_like_state = torch.arange(16, dtype=torch.uint8)
+    torch.save(cuda_like_state, tmp_path / "replay" / "generator.pt")
+    first, second = replay_for(spec, buffer_size=30), replay_for(spec, buffer_size=30)
+    first.load(tmp_path / "replay")
+    assert "another kind of device" in capsys.readouterr().out
+    second.load(tmp_path / "replay")
+    for key, tensor in replay.storage.items():
+        assert torch.equal(tensor, first.storage[key]), key
+    a, b = first.sample(64), second.sample(64)
+    assert torch.equal(a.obs[ACHIEVED_GOAL], b.obs[ACHIEVED_GOAL])
+    assert torch.equal(a.reward, b.reward)
+    torch.save(cuda_like_state.flip(0), tmp_path / "replay" / "generator.pt")
+    other = replay_for(spec, buffer_size=30)
+    other.load(tmp_path / "replay")
+    assert not torch.equal(other.sample(64).obs[ACHIEVED_GOAL], a.obs[ACHIEVED_GOAL])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_replay_moves_between_cpu_and_cuda(tmp_path):
+    spec = make_spec(T=10, n_envs=1)
+    for saved_on, loaded_on in (("cpu", "cuda"), ("cuda", "cpu")):
+        replay = EpisodeReplay(ReplayConfig(buffer_size=30), spec, saved_on, verbose=False)
+        fill(replay, [0, 1, 2], [10, 4, 10])
+        replay.save(tmp_path / saved_on)
+        moved = EpisodeReplay(ReplayConfig(buffer_size=30), spec, loaded_on, verbose=False)
+        moved.load(tmp_path / saved_on)
+        for key, tensor in replay.storage.items():
+            assert torch.equal(tensor.cpu(), moved.storage[key].cpu()), key
+        moved.sample(64)
+
+
 def test_absurd_buffer_size_is_refused_before_allocating():
     spec = ReplaySpec(
         {PIXELS: (3, 84, 84), PROPRIOCEPTION: (10,), ACHIEVED_GOAL: (3,), DESIRED_GOAL: (3,)},

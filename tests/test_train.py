@@ -440,6 +440,9 @@ def test_resume_check_names_what_differs_and_reads_older_runs_through_compat():
     cfg = TrainConfig(env=EnvConfig(no_pixels=True))
     saved = to_dict(cfg)
     check_resume_config(saved, cfg)
+    moved = to_dict(cfg)  # a run directory copied to another machine resumes there
+    moved["run"]["runs_dir"] = "/elsewhere/runs"
+    check_resume_config(moved, cfg)
     saved["sac"]["batch_size"] = 7
     with pytest.raises(ConfigError, match=r"--batch-size \(run: 7, now: 256\)"):
         check_resume_config(saved, cfg)

@@ -33,6 +33,7 @@ vectors and actions, versus SB3's 169,600 B (obs and next_obs both stored frame-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -549,4 +550,17 @@ class EpisodeReplay:
         # Saved before the count existed: the stored ones are the least that were committed.
         self.transitions_committed = meta.get("transitions_committed", self.num_transitions)
         self._cumulative_lengths = torch.cumsum(self.storage["lengths"][: self.num_episodes], 0)
-        self.generator.set_state(torch.load(path / "generator.pt"))
+        saved_state = torch.load(path / "generator.pt")
+        if saved_state.numel() == self.generator.get_state().numel():
+            self.generator.set_state(saved_state)
+        else:
+            # Saved on another kind of device (a CPU generator's state is 5,056 bytes, a CUDA
+            # one's 16) and neither converts to the other; a run moved between a CPU and a GPU
+            # is not bit-exact anyway (other kernels), so sampling goes on from a seed that the
+            # saved state fixes.
+            seed = int.from_bytes(hashlib.sha256(saved_state.numpy().tobytes()).digest()[:8])
+            self.generator.manual_seed(seed)
+            print(
+                f"replay: {path} was saved on another kind of device than {self.device}; "
+                f"sampling continues from a seed derived from its saved state"
+            )
