@@ -122,7 +122,10 @@ def plot(
     panels = (*PANELS, *(PROBE_PANELS if probe else ()), *(ESTIMATE_PANELS if estimate else []))
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3 * len(panels)), sharex=True)
     drawn = 0
-    for label, runs in groups.items():
+    for index, (label, runs) in enumerate(groups.items()):
+        # One colour per group in every panel: a panel that only some groups log (--estimate)
+        # must not hand their lines the next free colour.
+        color = f"C{index % 10}"
         per_run = [read_scalars(run, panels) for run in runs]
         drawn += sum(len(scalars) for scalars in per_run)
         for ax, (tag, _) in zip(axes, panels, strict=True):
@@ -130,11 +133,11 @@ def plot(
             if not curves:
                 continue
             if len(curves) == 1:
-                ax.plot(*curves[0], label=label, linewidth=1.2)
+                ax.plot(*curves[0], label=label, color=color, linewidth=1.2)
                 continue
             steps, mean, low, high = seed_band(curves)
-            (line,) = ax.plot(steps, mean, label=f"{label} ({len(curves)} seeds)", linewidth=1.2)
-            ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+            ax.plot(steps, mean, label=f"{label} ({len(curves)} seeds)", color=color, linewidth=1.2)
+            ax.fill_between(steps, low, high, color=color, alpha=0.2, linewidth=0)
     if not drawn:
         plt.close(fig)
         raise FileNotFoundError(

@@ -103,3 +103,27 @@ def test_reading_a_resumed_run_prints_no_purge_warning(tmp_path, caplog):
         steps, values = read_scalars(run)["rollout/success_rate"]
     assert "out of order" not in caplog.text
     assert steps == [0, 100, 200, 300, 400, 500] and values[-1] == pytest.approx(0.4)
+
+
+def test_a_group_keeps_its_colour_in_panels_other_groups_lack(tmp_path, monkeypatch):
+    # Only the second run logs the estimate's errors: its lines there must have its colour
+    # from the success panel, not the first free one.
+    import matplotlib.figure
+
+    writer = SummaryWriter(str(tmp_path / "runs" / "a" / "seed0"))
+    for step in range(0, 1000, 100):
+        writer.add_scalar("rollout/success_rate", step / 1000, step)
+    writer.close()
+    write_run(tmp_path / "runs" / "b" / "seed0", 0.0005)
+    figures = []
+
+    def keep_figure(figure, *args, **kwargs):
+        figures.append(figure)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep_figure)
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "x.png"), "--estimate"]) == 0
+    success_panel, estimate_panel = figures[0].axes[0], figures[0].axes[-1]
+    colour_of = {line.get_label(): line.get_color() for line in success_panel.get_lines()}
+    assert len(set(colour_of.values())) == 2
+    (estimate_line,) = estimate_panel.get_lines()
+    assert estimate_line.get_color() == colour_of[estimate_line.get_label()]
