@@ -4,8 +4,9 @@
 it writes eval.json beside the checkpoint: what ran (`what_ran`: what the networks saw and
 which path trained them; the run's whole `config`; the commit that trained it and the one that
 evaluated it), how (the env seed, n_envs, the episodes) and what came of it (success rate, mean
-return, per-episode success, return, final goal distance and how far the achieved goal
-moved), with the checkpoint's step.
+return, per-episode success, return, final goal distance, how far the achieved goal moved and
+how high the goal was above where it started, and the success rate by that height), with the
+checkpoint's step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,23 @@ from pixelrl.config import ConfigError
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL
 from pixelrl.policy import load_policy
 from pixelrl.vector_env import FetchVectorEnv
+
+# A goal at least this far above where the achieved goal began its episode is in the air: in
+# PickAndPlace half the goals are drawn 0-45 cm above the table, and the object must be lifted
+# to them; Push's goals are all on the table (height 0).
+IN_AIR_M = 0.02
+
+
+def success_by_goal_height(success: list[bool], goal_height: list[float]) -> dict:
+    """Episodes and success rate for goals on the table and in the air (IN_AIR_M); a rate is
+    None where no goal was of that kind."""
+    in_air = np.asarray(goal_height) >= IN_AIR_M
+    out = {}
+    for name, kind in (("on_table", ~in_air), ("in_air", in_air)):
+        episodes = int(kind.sum())
+        rate = float(np.mean(np.asarray(success)[kind])) if episodes else None
+        out[name] = {"episodes": episodes, "success_rate": rate}
+    return out
 
 
 @dataclass(frozen=True)
@@ -80,7 +98,10 @@ def evaluate(args: EvalArgs) -> dict:
         vector="sync" if args.video else cfg.env.vector,  # the video view renders here
     )
     seed = args.seed if args.seed is not None else cfg.run.seed + 10_000
-    results = {"success": [], "return": [], "final_distance": [], "achieved_goal_moved": []}
+    results = {
+        "success": [], "return": [], "final_distance": [], "achieved_goal_moved": [],
+        "goal_height": [],
+    }  # fmt: skip
     frames: list[np.ndarray] = []
     video_done = 0
     with FetchVectorEnv(env_cfg, seed=seed) as venv:
@@ -110,6 +131,7 @@ def evaluate(args: EvalArgs) -> dict:
                     results["return"].append(float(returns[i]))
                     results["final_distance"].append(float(distance))
                     results["achieved_goal_moved"].append(float(moved))
+                    results["goal_height"].append(float(final[DESIRED_GOAL][i][2] - start[2]))
                 returns[i] = 0.0
             returns[step.lost] = 0.0  # a failed env's partial episode is dropped
             restarted = np.flatnonzero(step.new_episode)
@@ -133,23 +155,24 @@ def evaluate(args: EvalArgs) -> dict:
         "mean_return": float(np.mean(results["return"])),
         "mean_final_distance": float(np.mean(results["final_distance"])),
         "mean_achieved_goal_moved": float(np.mean(results["achieved_goal_moved"])),
+        "success_by_goal_height": success_by_goal_height(
+            results["success"], results["goal_height"]
+        ),
+        # One dict per episode with the same keys as `results`.
         "per_episode": [
-            {"success": s, "return": r, "final_distance": d, "achieved_goal_moved": m}
-            for s, r, d, m in zip(
-                results["success"],
-                results["return"],
-                results["final_distance"],
-                results["achieved_goal_moved"],
-                strict=True,
-            )
+            dict(zip(results, values, strict=True))
+            for values in zip(*results.values(), strict=True)
         ],
     }
     out = Path(args.output) if args.output else path / "eval.json"
     out.write_text(json.dumps(report, indent=2))
+    in_air = report["success_by_goal_height"]["in_air"]
     print(
-        f"success rate {report['success_rate']:.1%} over {args.episodes} episodes, "
-        f"mean return {report['mean_return']:.1f} -> {out}"
-    )
+        f"success rate {report['success_rate']:.1%} over {args.episodes} episodes"
+        + (f" ({in_air['success_rate']:.1%} of {in_air['episodes']} with the goal in the air)"
+           if in_air["episodes"] else "")
+        + f", mean return {report['mean_return']:.1f} -> {out}"
+    )  # fmt: skip
     if args.video:
         write_video(frames, Path(args.video))
         print(f"video: {args.video} ({len(frames)} frames)")

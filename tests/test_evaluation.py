@@ -78,3 +78,24 @@ def test_a_gripper_driven_sideways_has_moved_the_same_distance_in_every_episode(
     moved = np.array([e["achieved_goal_moved"] for e in report["per_episode"]])
     assert moved.min() > 0.1
     assert moved == pytest.approx(np.full(4, moved[0]), abs=1e-3)
+
+
+@pytest.mark.parametrize("env_id", ["FetchPush-v4", "FetchPickAndPlace-v4"])
+def test_success_is_split_by_whether_the_goal_is_in_the_air(tmp_path, monkeypatch, env_id):
+    # Push's goals lie on the table; half of PickAndPlace's are drawn above it. A policy that
+    # never moves succeeds only where the goal happens to lie within 5 cm of the object, so never
+    # for a goal more than 5 cm up.
+    report = run_evaluation(tmp_path, monkeypatch, env_id, [0.0, 0.0, 0.0, 0.0], episodes=20)
+    heights = np.array([e["goal_height"] for e in report["per_episode"]])
+    success = np.array([e["success"] for e in report["per_episode"]])
+    split = report["success_by_goal_height"]
+    in_air = heights >= evaluation.IN_AIR_M
+    assert split["on_table"]["episodes"] + split["in_air"]["episodes"] == 20
+    assert split["in_air"]["episodes"] == in_air.sum()
+    if env_id == "FetchPush-v4":
+        assert np.abs(heights).max() < 1e-3 and split["in_air"]["success_rate"] is None
+    else:
+        assert 3 <= in_air.sum() <= 17 and heights.max() > 0.1 and heights.min() > -1e-3
+        assert not success[heights > 0.05].any()
+        assert split["in_air"]["success_rate"] == pytest.approx(success[in_air].mean())
+    assert split["on_table"]["success_rate"] == pytest.approx(success[~in_air].mean())
