@@ -267,3 +267,48 @@ def test_heights_refuses_episodes_it_cannot_split_before_rendering(tmp_path):
     with pytest.raises(SystemExit, match="--episodes: 1 episodes"):
         heights.main(["--episodes", "1", "--out", str(tmp_path / "frames")])
     assert not (tmp_path / "frames").exists()  # nothing rendered, nothing written
+
+
+def test_heights_scores_a_runs_own_estimator_by_the_objects_height(tmp_path, monkeypatch):
+    # The run's estimator says the same position c for every frame (its head's last layer set
+    # so); with the object h metres above c, its error is exactly h: the bands must hold the
+    # saved estimator's answer, in centimetres, by height above the table.
+    import numpy as np
+
+    from pixelrl.analysis import heights
+
+    cfg = TrainConfig(
+        env=EnvConfig(env_id="FetchPickAndPlace-v4", n_envs=1, image_size=40, goal_mode="desired")
+    )
+    spec, obs_space, action_space = describe_env(cfg.env)
+    agent = build_agent(cfg, spec, obs_space, action_space, torch.device("cpu"))
+    last_layer = agent.estimator.head[-1]
+    with torch.no_grad():
+        last_layer.weight.zero_()
+        last_layer.bias.copy_(torch.tensor([0.3, -0.2, 0.5]))
+    c = agent.estimate(torch.zeros((1, 3, 40, 40), dtype=torch.uint8))[0].numpy()
+    checkpoint = save_checkpoint(tmp_path / "run", 700, {"agent": agent.state()},
+                                 {"config": to_dict(cfg)})  # fmt: skip
+    lift = np.array([0.0, 0.01, 0.05, 0.15, 0.25, 0.35])  # one per band but the first twice
+    goals = np.tile(c, (2, 6, 1)) + np.stack([np.zeros_like(lift)] * 2 + [lift], -1)[None]
+    rendered = {
+        PIXELS: np.zeros((2, 6, 3, 40, 40), np.uint8),
+        ACHIEVED_GOAL: goals.astype(np.float32),
+        "table_z": float(c[2]),
+    }
+    monkeypatch.setattr(heights, "collect", lambda env_cfg, episodes, seed: rendered)
+    result = heights.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "h")])
+    assert result["checkpoint_step"] == 700 and result["run_env"]["image_size"] == 40
+    assert [b["frames"] for b in result["by_height"]] == [4, 2, 2, 2, 2]
+    assert [b["median_error_cm"] for b in result["by_height"]] == pytest.approx(
+        [0.5, 5.0, 15.0, 25.0, 35.0], abs=0.01
+    )
+
+    no_pixels = TrainConfig(env=EnvConfig(env_id="FetchPickAndPlace-v4", no_pixels=True))
+    spec, obs_space, action_space = describe_env(no_pixels.env)
+    agent = build_agent(no_pixels, spec, obs_space, action_space, torch.device("cpu"))
+    state_only = save_checkpoint(tmp_path / "state", 700, {"agent": agent.state()},
+                                 {"config": to_dict(no_pixels)})  # fmt: skip
+    with pytest.raises(SystemExit, match="--checkpoint .*no state estimator"):
+        heights.main(["--checkpoint", str(state_only), "--out", str(tmp_path / "none")])
+    assert not (tmp_path / "none").exists()

@@ -3,6 +3,7 @@ grid by the object's height, and a fresh state estimator's error by height (no R
 
     python -m pixelrl.analysis.heights --out results/frames/pickandplace_default_camera
     python -m pixelrl.analysis.heights --camera-elevation -30 --out ...   # another camera
+    python -m pixelrl.analysis.heights --checkpoint RUN/checkpoints/step_N --out ...
 
 In FetchPickAndPlace the achieved goal is the object's 3-D position and half the goals are in
 the air (up to 45 cm above the table), so the image must show the object off the table, in
@@ -10,12 +11,16 @@ the gripper, and tell its height. A policy that has not learned to grasp never l
 the frames come from a scripted controller that does (above the object, down, close, carry
 to the goal), rendered exactly as a run renders them (the same env wrapper and camera flags).
 Its episodes are split in order, the first 80% to train a fresh state estimator (the one a
-run trains, by its own loss) and the rest held out. Written to `--out`:
+run trains, by its own loss) and the rest held out. With `--checkpoint`, a run's own state
+estimator is scored instead, on every episode, rendered with the run's camera and image size:
+what the actor would read of an object lifted higher than the run's policy has lifted it so
+far (its replay holds only the heights its policy reached). Written to `--out`:
 
 - `grid.png`: held-out 84x84 frames (enlarged, pixels kept sharp), columns by the object's
   height above the table, one row per episode, each labelled with that height;
 - `heights.json`: the arguments, the held-out estimate's median error (cm) per height band,
-  with the frames in each band, and the training curve.
+  with the frames in each band, and the training curve (with `--checkpoint`: the run's
+  estimator's error on all the episodes, and the checkpoint's step).
 """
 
 from __future__ import annotations
@@ -23,15 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pixelrl.agents.estimator import StateEstimator
+from pixelrl.agents.estimator import EstimatorAgent, StateEstimator
 from pixelrl.config import EnvConfig
 from pixelrl.envs import ACHIEVED_GOAL, DESIRED_GOAL, PIXELS, PROPRIOCEPTION, make_fetch_env
+from pixelrl.policy import load_policy
 
 # Height bands above the table (m): on the table, just lifted, then 10 cm steps to the top
 # of the goals' range.
@@ -167,6 +173,29 @@ def train_estimator(data: dict, split: int, steps: int, batch_size: int, lr: flo
     return held_out_error().numpy(), heights, curve
 
 
+def run_estimator(checkpoint: str):
+    """(the run's env config, its EstimatorAgent, the checkpoint's step); an error naming
+    --checkpoint for a run without a state estimator or stacking frames."""
+    cfg, policy = load_policy(checkpoint, "cpu")
+    if not isinstance(policy.agent, EstimatorAgent):
+        raise SystemExit(f"--checkpoint {checkpoint}: this run has no state estimator")
+    if cfg.env.frame_stack != 1:
+        raise SystemExit(
+            f"--checkpoint {checkpoint}: the run stacks {cfg.env.frame_stack} frames; the "
+            "scripted episodes are scored one frame at a time (--frame-stack 1 runs)"
+        )
+    return cfg.env, policy.agent, policy.checkpoint_step
+
+
+def score_run_estimator(agent: EstimatorAgent, data: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The run's estimate's error (cm) and the object's height above the table (m), per frame
+    of every episode in `data`."""
+    frames = torch.from_numpy(data[PIXELS]).flatten(0, 1)
+    truth = data[ACHIEVED_GOAL].reshape(-1, 3)
+    error_cm = np.linalg.norm(agent.estimate(frames).numpy() - truth, axis=-1) * 100
+    return error_cm, truth[:, 2] - data["table_z"]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env-id", default="FetchPickAndPlace-v4")
@@ -183,6 +212,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--camera-distance", type=float, default=defaults.camera_distance)
     parser.add_argument("--camera-azimuth", type=float, default=defaults.camera_azimuth)
     parser.add_argument("--camera-elevation", type=float, default=defaults.camera_elevation)
+    parser.add_argument("--checkpoint", default=None,
+                        help="score this run's state estimator (its env, camera and image "
+                             "size) instead of training a fresh one")  # fmt: skip
     parser.add_argument("--out", required=True, help="folder for grid.png and heights.json")
     a = parser.parse_args(argv)
     env_cfg = replace(
@@ -190,7 +222,11 @@ def main(argv: list[str] | None = None) -> dict:
         camera_lookat=tuple(a.camera_lookat), camera_distance=a.camera_distance,
         camera_azimuth=a.camera_azimuth, camera_elevation=a.camera_elevation,
     )  # fmt: skip
-    split = held_out_start(a.episodes)  # before minutes of rendering
+    if a.checkpoint:  # before minutes of rendering
+        env_cfg, agent, checkpoint_step = run_estimator(a.checkpoint)
+        split = 0  # nothing to train: every episode is scored
+    else:
+        split = held_out_start(a.episodes)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -200,15 +236,20 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{a.episodes} episodes rendered in {time.monotonic() - start:.0f}s; object lifted "
           f">= 10 cm in {lifted_share:.0%} of them", flush=True)  # fmt: skip
     frame_grid(data[PIXELS][split:], heights[split:], a.grid_rows).save(out / "grid.png")
-    error_cm, test_heights, curve = train_estimator(
-        data, split, a.steps, a.batch_size, a.lr, a.seed
-    )
+    if a.checkpoint:
+        error_cm, test_heights = score_run_estimator(agent, data)
+        scored = {"checkpoint_step": checkpoint_step, "run_env": asdict(env_cfg)}
+    else:
+        error_cm, test_heights, curve = train_estimator(
+            data, split, a.steps, a.batch_size, a.lr, a.seed
+        )
+        scored = {"curve": curve}
     result = {
         "args": vars(a),
         "lifted_10cm_share": round(lifted_share, 3),
         "held_out_median_error_cm": round(float(np.median(error_cm)), 2),
         "by_height": error_by_height(error_cm, test_heights),
-        "curve": curve,
+        **scored,
     }
     (out / "heights.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("held_out_median_error_cm", "by_height")}))
