@@ -128,6 +128,33 @@ def test_contact_starts_a_full_ring_at_its_oldest_episode_and_stops_each_at_its_
     assert episodes["achieved_goal_moved"] == pytest.approx(moved)
 
 
+def test_contact_reads_how_high_the_goal_rose_and_the_stored_estimates_error(tmp_path):
+    """Episode e's achieved goal rises from (e, 0, 0) to (e, 50, 1), more than 5 cm above its
+    start from its fourth step on; episode 3 terminates after 30 steps (its slot past that set
+    far up: never read). Estimates of zero are |(e, s, s / 50)| off, written for episodes 0-2:
+    episode 3's were not yet written."""
+    import numpy as np
+
+    cfg = tiny_reach(1000)
+    replay, *_ = numbered_replay(cfg, [50, 50, 50, 30])
+    replay.storage[ACHIEVED_GOAL][3, 31:, 2] = 5.0
+    replay.write_estimates(np.arange(3), lambda frames: torch.zeros(len(frames), 3), 150)
+    checkpoint = save_checkpoint(tmp_path, 180, {}, {"config": to_dict(cfg)}, replay=replay)
+    episodes = contact.episodes_oldest_first(checkpoint)
+    assert episodes["lift"] == pytest.approx([1.0, 1.0, 1.0, 0.6])
+    rows = contact.window_rows(episodes, 100)
+    assert [(r["episodes"], r["lifted"]) for r in rows] == [(2, 1.0), (2, 1.0)]
+
+    def error_cm(episodes, steps):
+        return [100 * math.dist((e, s, s / 50), (0, 0, 0)) for e in episodes for s in steps]
+
+    low, lifted = range(3), range(3, 51)  # heights 0, 2 and 4 cm; 6 cm and up
+    assert rows[0]["estimate_low_cm"] == pytest.approx(np.median(error_cm([0, 1], low)))
+    assert rows[0]["estimate_lifted_cm"] == pytest.approx(np.median(error_cm([0, 1], lifted)))
+    assert rows[1]["estimate_low_cm"] == pytest.approx(np.median(error_cm([2], low)))
+    assert rows[1]["estimate_lifted_cm"] == pytest.approx(np.median(error_cm([2], lifted)))
+
+
 def test_contact_measures_the_heading_of_the_policys_actions(saved_run):
     gripper_to_goal = torch.tensor([[0.0, 2.0, -1.0], [3.0, 0.0, -1.0]])
     obs = {ACHIEVED_GOAL: gripper_to_goal, PROPRIOCEPTION: torch.zeros(2, 10)}

@@ -13,7 +13,12 @@ episodes the replay still holds (read memory-mapped, frames never loaded):
   where it started: episodes where the policy pushed it;
 - success: the final achieved goal within 5 cm of the desired goal (FetchPush's threshold);
 - closest: the median over episodes of the gripper's closest approach to the achieved goal,
-  and the share that came within 6 cm (the puck's centre is ~2.5 cm from its edge).
+  and the share that came within 6 cm (the puck's centre is ~2.5 cm from its edge);
+- lifted > 5 cm: the share of episodes whose achieved goal rose more than 5 cm above where it
+  started (PickAndPlace is learned as reach, grasp, lift; in Push, none);
+- where the replay stores the state estimator's estimates: their median error (cm) over the
+  steps with the achieved goal less than and more than 5 cm above its start, as SAC reads them
+  now (the estimator learns only the heights its replay holds).
 
 `--policies` runs each listed checkpoint's deterministic policy on up to 2,048 of these stored
 states (the achieved goal above `--min-height`, more than 5 cm from the gripper in x-y) and
@@ -37,6 +42,7 @@ import torch
 
 from pixelrl.agents.estimator import EstimatorAgent
 from pixelrl.agents.sac import SAC
+from pixelrl.buffers.replay import ESTIMATED_AT, NOT_ESTIMATED
 from pixelrl.build import load_saved_replay
 from pixelrl.envs import (
     ACHIEVED_GOAL,
@@ -48,21 +54,25 @@ from pixelrl.envs import (
 )
 from pixelrl.policy import load_policy
 
-MOVED_M, SUCCESS_M, NEAR_M, FAR_M = 0.01, 0.05, 0.06, 0.05
+MOVED_M, SUCCESS_M, NEAR_M, FAR_M, LIFTED_M = 0.01, 0.05, 0.06, 0.05, 0.05
 
 
 def episodes_oldest_first(checkpoint: str | Path) -> dict[str, np.ndarray]:
     """Per episode in a checkpoint's saved replay, oldest first: `ended`, the transitions
     committed when it ended; `achieved_goal_moved`, how far its achieved goal moved from its
-    first step to its last; `final_distance`, from the desired goal at its end; and, where
-    proprioception is stored, `closest`, the gripper's closest approach to the achieved goal
-    (metres; arrays of (episodes,)). Reads only those fields, memory-mapped."""
+    first step to its last; `final_distance`, from the desired goal at its end; `lift`, how
+    far it rose above its first step's height; where proprioception is stored, `closest`, the
+    gripper's closest approach to the achieved goal (metres; arrays of (episodes,)); and where
+    estimates are stored, per step (episodes, T + 1), `height` above the first step and
+    `estimate_error` (NaN past an episode's end and where none was written yet). Reads only
+    those fields, memory-mapped."""
     keys = ["lengths", ACHIEVED_GOAL, DESIRED_GOAL]
     directory = Path(checkpoint) / "replay"
     if not (directory / "meta.json").is_file():
         raise SystemExit(f"{checkpoint} kept no replay: only a run's newest checkpoint has one")
-    if (directory / f"storage.{PROPRIOCEPTION}.npy").is_file():
-        keys.append(PROPRIOCEPTION)
+    for key in (PROPRIOCEPTION, STATE_ESTIMATE, ESTIMATED_AT):
+        if (directory / f"storage.{key}.npy").is_file():
+            keys.append(key)
     meta = json.loads((directory / "meta.json").read_text())
     stored = {key: np.load(directory / f"storage.{key}.npy", mmap_mode="r") for key in keys}
     if "transitions_committed" not in meta:
@@ -77,18 +87,31 @@ def episodes_oldest_first(checkpoint: str | Path) -> dict[str, np.ndarray]:
     ended = meta["transitions_committed"] - (lengths.sum() - np.cumsum(lengths))
     achieved = np.asarray(stored[ACHIEVED_GOAL])[order]  # (n, T + 1, G)
     final = achieved[np.arange(n), lengths]
+    past_end = np.arange(achieved.shape[1])[None, :] > lengths[:, None]  # (n, T + 1)
+    height = achieved[..., 2] - achieved[:, :1, 2]
     out = {
         "ended": ended,
         "achieved_goal_moved": np.linalg.norm(final - achieved[:, 0], axis=-1),
         "final_distance": np.linalg.norm(final - np.asarray(stored[DESIRED_GOAL])[order], axis=-1),
+        "lift": np.where(past_end, -np.inf, height).max(axis=1),
     }
     if PROPRIOCEPTION in stored:
         gripper = np.asarray(stored[PROPRIOCEPTION])[order][..., PROPRIO_GRIP_POS]
         distance = np.linalg.norm(gripper - achieved, axis=-1)  # (n, T + 1)
-        steps = np.arange(distance.shape[1])
-        distance[steps[None, :] > lengths[:, None]] = np.inf  # past an episode's end
+        distance[past_end] = np.inf
         out["closest"] = distance.min(axis=1)
+    if STATE_ESTIMATE in stored and ESTIMATED_AT in stored:
+        error = np.linalg.norm(np.asarray(stored[STATE_ESTIMATE])[order] - achieved, axis=-1)
+        not_written = np.asarray(stored[ESTIMATED_AT])[order] == NOT_ESTIMATED
+        error[past_end | not_written[:, None]] = np.nan
+        out["height"], out["estimate_error"] = height, error
     return out
+
+
+def median_cm(values: np.ndarray) -> float | None:
+    """The median of the non-NaN values, in cm; None if there are none."""
+    values = values[~np.isnan(values)]
+    return float(np.median(values)) * 100 if len(values) else None
 
 
 def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
@@ -104,10 +127,17 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
             "episodes": int(inside.sum()),
             "moved": float(np.mean(episodes["achieved_goal_moved"][inside] > MOVED_M)),
             "success": float(np.mean(episodes["final_distance"][inside] < SUCCESS_M)),
+            "lifted": float(np.mean(episodes["lift"][inside] > LIFTED_M)),
         }
         if "closest" in episodes:
             row["closest_median"] = float(np.median(episodes["closest"][inside]))
             row["near"] = float(np.mean(episodes["closest"][inside] < NEAR_M))
+        if "estimate_error" in episodes:
+            error, up = episodes["estimate_error"][inside], episodes["height"][inside] > LIFTED_M
+            row["estimate_low_cm"], row["estimate_lifted_cm"] = (
+                median_cm(error[~up]),
+                median_cm(error[up]),
+            )
         rows.append(row)
     return rows
 
@@ -171,13 +201,25 @@ def main(argv: list[str] | None = None) -> tuple[list[dict], list[dict]]:
         parser.error(f"--window {a.window}: must be >= 1")
     episodes = episodes_oldest_first(a.checkpoint)
     rows = window_rows(episodes, a.window)
-    print("| env steps | episodes | moved > 1 cm | success | closest: median / within 6 cm |")
-    print("|---|---|---|---|---|")
+    print(
+        "| env steps | episodes | moved > 1 cm | success | closest: median / within 6 cm "
+        "| lifted > 5 cm | stored estimate's error: below 5 cm / above |"
+    )
+    print("|---|---|---|---|---|---|---|")
+
+    def cm(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f} cm"
+
     for r in rows:
         closest = f"{100 * r['closest_median']:.1f} cm / {r['near']:.0%}" if "near" in r else "-"
+        estimate = (
+            f"{cm(r['estimate_low_cm'])} / {cm(r['estimate_lifted_cm'])}"
+            if "estimate_low_cm" in r
+            else "-"
+        )
         print(
             f"| {r['from'] / 1000:g}K-{r['to'] / 1000:g}K | {r['episodes']} | {r['moved']:.0%} "
-            f"| {r['success']:.0%} | {closest} |"
+            f"| {r['success']:.0%} | {closest} | {r['lifted']:.0%} | {estimate} |"
         )
 
     headings = []
