@@ -76,6 +76,13 @@ def test_localize_reads_a_checkpoints_replay_as_training_gathers_it(saved_run, t
 
     curve = localize.main([str(checkpoint), "--steps", "250", "--batch-size", "4"])
     assert len(curve) == 1 and math.isfinite(curve[0][2])
+    # Heights are step / 50: the held-out steps from the third on are more than 5 cm up.
+    lifted = localize.draw_lifted(loaded, 8, 10, 1000, generator)
+    assert len(lifted[1]) == 2 * 47 and bool((lifted[1][:, 2] > 0.05).all())
+    assert lifted[1][:, 0].long().unique().tolist() == [8, 9]
+    assert torch.equal(lifted[0][:, 1, 0, 0].float(), lifted[1][:, 1])  # each frame its own step
+    assert math.isfinite(curve[0][3])
+    assert localize.draw_lifted(loaded, 8, 10, 10, generator)[1].shape == (10, 3)
     with pytest.raises(SystemExit, match="--episodes"):
         localize.main([str(checkpoint), "--episodes", "1", "--steps", "0"])
     with pytest.raises(ConfigError, match="kept no replay"):

@@ -8,8 +8,9 @@ so this is what it does there, on a fixed set of frames: a cheap way to try its 
 learning rate without running RL. The checkpoint's replay (only a run's newest checkpoint keeps
 one) is loaded as the run built it and its frame stacks gathered as training gathers them; its
 episodes are split in order (the first 80% train, the rest is held out). Every 250 steps it
-prints (step, training loss, held-out median error in cm, the keypoints' std across the
-held-out batch, temperature).
+prints (step, training loss, held-out median error in cm, the same over held-out frames whose
+achieved goal is more than 5 cm above its episode's start (None if there are none: a lifted
+object, in PickAndPlace), the keypoints' std across the held-out batch, temperature).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import torch
 
 from pixelrl.agents.estimator import StateEstimator
+from pixelrl.analysis.contact import LIFTED_M
 from pixelrl.buffers.replay import EpisodeReplay
 from pixelrl.build import load_saved_replay
 from pixelrl.envs import ACHIEVED_GOAL, PIXELS
@@ -34,6 +36,22 @@ def draw(
     episode = torch.randint(first, last, (n,), generator=generator)
     lengths = torch.from_numpy(replay.host_lengths)[episode]
     t = (torch.rand(n, generator=generator) * lengths).long()  # within a shorter episode too
+    return replay.frames_at(episode, t), replay.storage[ACHIEVED_GOAL][episode, t]
+
+
+def draw_lifted(
+    replay: EpisodeReplay, first: int, last: int, n: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Up to n (frame stack, achieved goal) pairs of the steps of episodes first..last-1 whose
+    achieved goal is more than LIFTED_M above its episode's first step; None if none is."""
+    goal = replay.storage[ACHIEVED_GOAL][first:last]
+    steps = torch.arange(goal.shape[1])
+    inside = steps[None, :] < replay.storage["lengths"][first:last, None]
+    episode, t = torch.nonzero(inside & (goal[..., 2] - goal[:, :1, 2] > LIFTED_M), as_tuple=True)
+    if len(episode) == 0:
+        return None
+    keep = torch.randperm(len(episode), generator=generator)[:n]
+    episode, t = episode[keep] + first, t[keep]
     return replay.frames_at(episode, t), replay.storage[ACHIEVED_GOAL][episode, t]
 
 
@@ -60,17 +78,23 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     k, side = replay.spec.frame_stack, replay.spec.obs_shapes[PIXELS][-1]
     estimator = StateEstimator((3 * k, side, side), 3, learning_rate=a.lr)
     test_x, test_y = draw(replay, split, episodes, 512, generator)
+    lifted = draw_lifted(replay, split, episodes, 512, generator)
+
+    def median_error_cm(x: torch.Tensor, y: torch.Tensor) -> float:
+        with torch.no_grad():
+            return round(((estimator(x) * std + mean - y).norm(dim=-1) * 100).median().item(), 2)
+
     curve, start = [], time.monotonic()
     for step in range(1, a.steps + 1):
         x, y = draw(replay, 0, split, a.batch_size, generator)
         loss = estimator.update(x, (y - mean) / std)["aux_loss"]
         if step % 250 == 0:
             with torch.no_grad():
-                error = (estimator(test_x) * std + mean - test_y).norm(dim=-1) * 100
                 spread = estimator.image.keypoints(test_x).std(0).max().item()
             temperature = estimator.image.spatial_softmax.temperature.item()
             curve.append(
-                (step, round(loss.item(), 4), round(error.median().item(), 2), round(spread, 4),
+                (step, round(loss.item(), 4), median_error_cm(test_x, test_y),
+                 None if lifted is None else median_error_cm(*lifted), round(spread, 4),
                  round(temperature, 3))
             )  # fmt: skip
             print(curve[-1], f"{time.monotonic() - start:.0f}s", flush=True)
