@@ -134,10 +134,8 @@ def window_rows(episodes: dict[str, np.ndarray], window: int) -> list[dict]:
             row["near"] = float(np.mean(episodes["closest"][inside] < NEAR_M))
         if "estimate_error" in episodes:
             error, up = episodes["estimate_error"][inside], episodes["height"][inside] > LIFTED_M
-            row["estimate_low_cm"], row["estimate_lifted_cm"] = (
-                median_cm(error[~up]),
-                median_cm(error[up]),
-            )
+            row["estimate_low_cm"] = median_cm(error[~up])
+            row["estimate_lifted_cm"] = median_cm(error[up])
         rows.append(row)
     return rows
 
