@@ -6,7 +6,8 @@ which path trained them; the run's whole `config`; the commit that trained it an
 evaluated it), how (the env seed, n_envs, the episodes) and what came of it (success rate, mean
 return, per-episode success, return, final goal distance, how far the achieved goal moved and
 how high the goal was above where it started, and the success rate by that height), with the
-checkpoint's step.
+checkpoint's step. `--true-estimate` hands a state-estimator run's actor the true achieved goal
+in place of the estimate (`true_estimate` in the report).
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class EvalArgs:
     """Episodes in the video."""
     video_size: int = 480
     """Side of the video frames: a larger view of the same camera, goal marker drawn."""
+    true_estimate: bool = False
+    """A run with the state estimator only: the actor reads the true achieved goal (the
+    object's position) where it reads the estimate from the image, so that the difference from
+    a plain evaluation is what the estimate's error costs."""
     device: str = "auto"
     """cpu, cuda, or auto."""
     output: str | None = None
@@ -90,7 +95,7 @@ def evaluate(args: EvalArgs) -> dict:
     if args.episodes < 1:
         raise ConfigError(f"--episodes {args.episodes}: must be >= 1")
     path = resolve_checkpoint(args.checkpoint)
-    cfg, policy = load_policy(path, args.device)
+    cfg, policy = load_policy(path, args.device, args.true_estimate)
     n = args.n_envs or cfg.env.n_envs
     env_cfg = dataclasses.replace(
         cfg.env,
@@ -151,6 +156,7 @@ def evaluate(args: EvalArgs) -> dict:
         "seed": seed,
         "n_envs": n,
         "episodes": args.episodes,
+        "true_estimate": args.true_estimate,
         "success_rate": float(np.mean(results["success"])),
         "mean_return": float(np.mean(results["return"])),
         "mean_final_distance": float(np.mean(results["final_distance"])),

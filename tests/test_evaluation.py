@@ -32,7 +32,9 @@ def run_evaluation(tmp_path, monkeypatch, env_id, action, episodes=4):
     cfg = TrainConfig(env=EnvConfig(env_id=env_id, n_envs=2, no_pixels=True, vector="sync"))
     monkeypatch.setattr(evaluation, "resolve_checkpoint", lambda path: tmp_path)
     monkeypatch.setattr(
-        evaluation, "load_policy", lambda path, device: (cfg, FixedActionPolicy(action, cfg))
+        evaluation,
+        "load_policy",
+        lambda path, device, true_estimate: (cfg, FixedActionPolicy(action, cfg)),
     )
     args = evaluation.EvalArgs(
         checkpoint=str(tmp_path), episodes=episodes, output=str(tmp_path / "e.json")
@@ -65,6 +67,7 @@ def test_the_report_says_what_ran_and_how_it_was_evaluated(tmp_path, monkeypatch
     assert report["config"]["env"]["no_pixels"] is True and report["config"]["sac"]["gamma"] == 0.95
     assert report["run_commit"] == "a1b2c3d" and report["eval_commit"] == git_commit()
     assert (report["seed"], report["n_envs"], report["episodes"]) == (10_000, 2, 2)
+    assert report["true_estimate"] is False
     saved = json.loads((tmp_path / "e.json").read_text())
     assert saved["what_ran"] == report["what_ran"]
 

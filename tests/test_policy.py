@@ -5,12 +5,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from test_estimator import agent_for
 from test_train import tiny
 
 from pixelrl.build import run_directory
-from pixelrl.envs import PIXELS, make_fetch_env
+from pixelrl.config import ConfigError, EnvConfig, TrainConfig
+from pixelrl.envs import ACHIEVED_GOAL, PIXELS, STATE_ESTIMATE, make_fetch_env
 from pixelrl.frame_stack import FrameStack, policy_observation
-from pixelrl.policy import load_policy
+from pixelrl.policy import Policy, load_policy
 from pixelrl.trainer import Trainer
 
 
@@ -62,3 +64,29 @@ def test_policy_stack_holds_the_last_frames_and_restarts_per_env(trained_run):
     with pytest.raises(ValueError, match="3 observations for a policy acting for 2"):
         policy.act_batch({k: np.stack([first[k]] * 3) for k in first})
     env.close()
+
+
+def test_true_estimate_hands_the_actor_the_true_achieved_goal(trained_run):
+    # The run's actor reads the state estimator's estimate; with true_estimate it reads the
+    # observation's achieved goal in its place, so moving only that moves the action.
+    _, policy = load_policy(run_directory(trained_run), device="cpu", true_estimate=True)
+    _, plain = load_policy(run_directory(trained_run), device="cpu")
+    env = make_fetch_env(trained_run.env)
+    obs, _ = env.reset(seed=5)
+    moved = {**obs, ACHIEVED_GOAL: obs[ACHIEVED_GOAL] + np.float32(0.2)}
+    action = policy.act(obs)
+    batch = {k: np.asarray(v)[None] for k, v in obs.items()}
+    vectors = policy_observation(batch, policy.stack, "cpu")
+    truth = torch.from_numpy(obs[ACHIEVED_GOAL])[None]
+    expected = policy.agent.sac.act({**vectors, STATE_ESTIMATE: truth}, deterministic=True)
+    assert np.allclose(action, expected[0].numpy())
+    assert not np.allclose(policy.act(moved), action, atol=1e-4)
+    assert np.allclose(plain.act(moved), plain.act(obs))  # the estimate reads the image alone
+    assert not np.allclose(plain.act(obs), action, atol=1e-4)
+    env.close()
+
+
+def test_true_estimate_refuses_a_run_without_the_estimator():
+    agent = agent_for(TrainConfig(env=EnvConfig(no_pixels=True)))
+    with pytest.raises(ConfigError, match="--true-estimate: this run has no state estimator"):
+        Policy(agent, 1, torch.device("cpu"), true_estimate=True)

@@ -108,9 +108,17 @@ class EstimatorAgent(nn.Module):
         return self.normalizer.denormalize(ACHIEVED_GOAL, normalized)
 
     @torch.no_grad()
-    def act(self, obs: dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
-        """Actions (N, A): the actor on the vectors and the estimate from the stacked frames."""
-        return self.sac.act({**obs, STATE_ESTIMATE: self.estimate(obs[PIXELS])}, deterministic)
+    def act(
+        self,
+        obs: dict[str, torch.Tensor],
+        deterministic: bool = False,
+        estimate: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Actions (N, A): the actor on the vectors and the estimate from the stacked frames,
+        or `estimate` (N, G) in metres in its place (evaluation's --true-estimate)."""
+        if estimate is None:
+            estimate = self.estimate(obs[PIXELS])
+        return self.sac.act({**obs, STATE_ESTIMATE: estimate}, deterministic)
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One SAC update on a batch of vectors with stored estimates (no pixels needed)."""
