@@ -1,12 +1,13 @@
 """The three-panel figure from TensorBoard events."""
 
+import json
 import time
 
 import numpy as np
 import pytest
 from torch.utils.tensorboard import SummaryWriter
 
-from pixelrl.plot import group_seeds, main, read_scalars, seed_band
+from pixelrl.plot import group_seeds, main, read_evals, read_scalars, seed_band, short_names
 
 pytest.importorskip("matplotlib")
 
@@ -127,3 +128,86 @@ def test_a_group_keeps_its_colour_in_panels_other_groups_lack(tmp_path, monkeypa
     assert len(set(colour_of.values())) == 2
     (estimate_line,) = estimate_panel.get_lines()
     assert estimate_line.get_color() == colour_of[estimate_line.get_label()]
+
+
+def write_report(path, runs_dir, config, seed, step, success, true_estimate=False, eval_seed=None):
+    """A report as eval.py writes it: `success` per episode, even episodes' goals in the air."""
+    from pixelrl.evaluation import success_by_goal_height
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    heights = [0.2 if i % 2 == 0 else 0.0 for i in range(len(success))]
+    report = {
+        "checkpoint": f"{runs_dir}/{config}/seed{seed}/checkpoints/step_{step:012d}",
+        "checkpoint_step": step,
+        "seed": 10000 + seed if eval_seed is None else eval_seed,
+        "episodes": len(success),
+        "true_estimate": true_estimate,
+        "success_rate": float(np.mean(success)),
+        "success_by_goal_height": success_by_goal_height(success, heights),
+    }
+    path.write_text(json.dumps(report))
+
+
+def test_eval_reports_draw_one_line_per_run_with_the_goal_height_split(tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    evals = tmp_path / "evals"
+    cfg, other = "manip_Env_goal-desired_lr0.001", "manip_Env_noPix_lr0.001"
+    # Seed 0 of cfg: steps written out of order; in the air (even episodes) 1 of 2, then 2 of 2.
+    write_report(evals / "a_200.json", "/r", cfg, 0, 200, [True, True, True, False])
+    write_report(evals / "a_100.json", "/r", cfg, 0, 100, [True, False, False, False])
+    write_report(evals / "a_100_true.json", "/r", cfg, 0, 100, [True] * 4, true_estimate=True)
+    write_report(evals / "b_100.json", "/r", other, 0, 100, [False] * 4)
+    # Seed 1 of cfg, and seed 1 run again from scratch in another runs directory.
+    write_report(evals / "c_100.json", "/r", cfg, 1, 100, [False, True, False, True])
+    write_report(evals / "d_100.json", "/r2", cfg, 1, 100, [True] * 4)
+    (evals / "heights.json").write_text(json.dumps({"by_height": {}}))  # not a report: skipped
+
+    curves = read_evals([evals])
+    assert sorted(curves) == [
+        (cfg, "seed0", ""),
+        (cfg, "seed0", "true estimate"),
+        (cfg, "seed1 in r", ""),
+        (cfg, "seed1 in r2", ""),
+        (other, "seed0", ""),
+    ]
+    assert [r["checkpoint_step"] for r in curves[(cfg, "seed0", "")]] == [100, 200]
+    assert short_names([cfg, other]) == {cfg: "goal-desired", other: "noPix"}
+
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda f, *a, **k: figures.append(f))
+    assert main(["--evals", str(evals), "--out", str(tmp_path / "x.png")]) == 0
+    overall, on_table, in_air = figures[0].axes
+    lines = {
+        panel: {line.get_label(): line for line in panel.get_lines()} for panel in figures[0].axes
+    }
+    seed0 = "goal-desired seed0"
+    assert list(lines[overall][seed0].get_xdata()) == [100, 200]
+    assert list(lines[overall][seed0].get_ydata()) == [0.25, 0.75]
+    assert list(lines[in_air][seed0].get_ydata()) == [0.5, 1.0]
+    assert list(lines[on_table][seed0].get_ydata()) == [0.0, 0.5]
+    assert list(lines[overall]["goal-desired seed0 (true estimate)"].get_ydata()) == [1.0]
+    # One colour per config, another line style per seed.
+    same_config = [lines[overall][label] for label in lines[overall] if "goal-desired" in label]
+    assert len({line.get_color() for line in same_config}) == 1
+    assert lines[overall]["noPix seed0"].get_color() != same_config[0].get_color()
+    assert len({line.get_linestyle() for line in same_config}) == 4
+
+
+def test_eval_reports_of_other_goals_are_another_line(tmp_path):
+    evals = tmp_path / "evals"
+    write_report(evals / "a.json", "/r", "cfg", 0, 100, [True, False])
+    write_report(evals / "b.json", "/r", "cfg", 0, 100, [True, True], eval_seed=7)
+    assert sorted(variant for _, _, variant in read_evals([evals])) == [
+        "eval seed 10000, 2 episodes",
+        "eval seed 7, 2 episodes",
+    ]
+
+
+def test_evals_without_reports_or_with_event_panels_are_refused(tmp_path, capsys):
+    (tmp_path / "heights.json").write_text(json.dumps({"by_height": {}}))
+    assert main(["--evals", str(tmp_path), "--out", str(tmp_path / "x.png")]) == 2
+    assert "no eval.py reports found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--evals", str(tmp_path), "--probe"])
+    assert "--probe and --estimate read TensorBoard events" in capsys.readouterr().err
