@@ -264,16 +264,18 @@ def plot_evals(paths, out: str | Path, title: str | None = None) -> Path:
     names = short_names(configs)
     variants = list(dict.fromkeys((seed, variant) for _, seed, variant in curves))
     styles = ("-", "--", ":", "-.")
+    markers = ("o", "s", "^", "D", "v", "x")  # past four seeds and variants, the marker differs
     for (config, seed, variant), runs in curves.items():
         color = f"C{configs.index(config) % 10}"
-        style = styles[variants.index((seed, variant)) % len(styles)]
+        index = variants.index((seed, variant))
+        style, marker = styles[index % len(styles)], markers[index % len(markers)]
         label = " ".join(filter(None, (names[config], seed, variant and f"({variant})")))
         for ax, (part, _) in zip(axes, panels, strict=True):
             points = [(r["checkpoint_step"], eval_rate(r, part)) for r in runs]
             steps = [step for step, rate in points if rate is not None]
             rates = [rate for _, rate in points if rate is not None]
             if steps:
-                ax.plot(steps, rates, style, marker="o", markersize=3, color=color,
+                ax.plot(steps, rates, style, marker=marker, markersize=3, color=color,
                         linewidth=1.2, label=label)  # fmt: skip
     for ax, (_, name) in zip(axes, panels, strict=True):
         ax.set_ylabel(name)

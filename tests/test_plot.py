@@ -161,6 +161,7 @@ def test_eval_reports_draw_one_line_per_run_with_the_goal_height_split(tmp_path,
     # Seed 1 of cfg, and seed 1 run again from scratch in another runs directory.
     write_report(evals / "c_100.json", "/r", cfg, 1, 100, [False, True, False, True])
     write_report(evals / "d_100.json", "/r2", cfg, 1, 100, [True] * 4)
+    write_report(evals / "e_100.json", "/r2", cfg, 1, 100, [True] * 4, true_estimate=True)
     (evals / "heights.json").write_text(json.dumps({"by_height": {}}))  # not a report: skipped
 
     curves = read_evals([evals])
@@ -169,6 +170,7 @@ def test_eval_reports_draw_one_line_per_run_with_the_goal_height_split(tmp_path,
         (cfg, "seed0", "true estimate"),
         (cfg, "seed1 in r", ""),
         (cfg, "seed1 in r2", ""),
+        (cfg, "seed1 in r2", "true estimate"),
         (other, "seed0", ""),
     ]
     assert [r["checkpoint_step"] for r in curves[(cfg, "seed0", "")]] == [100, 200]
@@ -191,7 +193,7 @@ def test_eval_reports_draw_one_line_per_run_with_the_goal_height_split(tmp_path,
     same_config = [lines[overall][label] for label in lines[overall] if "goal-desired" in label]
     assert len({line.get_color() for line in same_config}) == 1
     assert lines[overall]["noPix seed0"].get_color() != same_config[0].get_color()
-    assert len({line.get_linestyle() for line in same_config}) == 4
+    assert len({(line.get_linestyle(), line.get_marker()) for line in same_config}) == 5
 
 
 def test_eval_reports_of_other_goals_are_another_line(tmp_path):
