@@ -264,7 +264,7 @@ def plot_evals(paths, out: str | Path, title: str | None = None) -> Path:
     names = short_names(configs)
     variants = list(dict.fromkeys((seed, variant) for _, seed, variant in curves))
     styles = ("-", "--", ":", "-.")
-    markers = ("o", "s", "^", "D", "v", "x")  # past four seeds and variants, the marker differs
+    markers = ("o", "s", "^", "D", "v", "x")  # apart where the four line styles repeat
     for (config, seed, variant), runs in curves.items():
         color = f"C{configs.index(config) % 10}"
         index = variants.index((seed, variant))

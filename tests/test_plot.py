@@ -189,7 +189,7 @@ def test_eval_reports_draw_one_line_per_run_with_the_goal_height_split(tmp_path,
     assert list(lines[in_air][seed0].get_ydata()) == [0.5, 1.0]
     assert list(lines[on_table][seed0].get_ydata()) == [0.0, 0.5]
     assert list(lines[overall]["goal-desired seed0 (true estimate)"].get_ydata()) == [1.0]
-    # One colour per config, another line style per seed.
+    # One colour per config, another line style and marker per seed and variant.
     same_config = [lines[overall][label] for label in lines[overall] if "goal-desired" in label]
     assert len({line.get_color() for line in same_config}) == 1
     assert lines[overall]["noPix seed0"].get_color() != same_config[0].get_color()
